@@ -1,0 +1,145 @@
+//! The log's error type.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong in the log. Each variant names the partition,
+/// file and position involved where there is one, so an operator can act on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// An I/O call failed. `op` says which (`"write"`, `"fsync"`, ...).
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// The file or directory it was applied to.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A batch failed its checks (magic, length or CRC32C) somewhere other than the
+    /// torn tail that recovery truncates. The data past this point is not trusted.
+    #[error(
+        "corrupt batch in partition {partition}, segment {segment}, at byte {position}: {reason}"
+    )]
+    Corrupt {
+        /// The partition.
+        partition: u32,
+        /// The segment file.
+        segment: PathBuf,
+        /// Byte offset of the bad batch in the segment.
+        position: u64,
+        /// What check failed.
+        reason: String,
+    },
+    /// An earlier write or fsync failed, so the partition refuses appends until the log
+    /// is reopened (after a failed fsync the page cache cannot be trusted).
+    #[error("partition {partition} is unusable after an earlier failure: {reason}")]
+    Poisoned {
+        /// The partition.
+        partition: u32,
+        /// The failure that poisoned it.
+        reason: String,
+    },
+    /// A batch is larger than the configured maximum.
+    #[error("batch of {size} bytes exceeds the maximum batch size of {max} bytes")]
+    BatchTooLarge {
+        /// Encoded size of the batch.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A commit tried to move a consumer's offset backwards.
+    #[error(
+        "consumer {consumer:?} partition {partition}: offset {attempted} is behind the committed offset {committed}; offsets never go backwards (use reset to replay)"
+    )]
+    OffsetRegression {
+        /// The consumer name.
+        consumer: String,
+        /// The partition.
+        partition: u32,
+        /// The offset already committed.
+        committed: u64,
+        /// The offset the commit asked for.
+        attempted: u64,
+    },
+    /// A commit named an offset past the end of the partition.
+    #[error(
+        "consumer {consumer:?} partition {partition}: offset {attempted} is past the end of the partition ({end})"
+    )]
+    OffsetPastEnd {
+        /// The consumer name.
+        consumer: String,
+        /// The partition.
+        partition: u32,
+        /// The offset the commit asked for.
+        attempted: u64,
+        /// The partition's end offset.
+        end: u64,
+    },
+    /// A partition number outside `0..partitions`.
+    #[error("partition {partition} does not exist (the log has {partitions})")]
+    NoSuchPartition {
+        /// The partition asked for.
+        partition: u32,
+        /// How many the log has.
+        partitions: u32,
+    },
+    /// The log on disk was created with a different number of partitions.
+    #[error(
+        "the log at {dir} has {existing} partitions but {configured} were configured; the partition count cannot change"
+    )]
+    PartitionCountMismatch {
+        /// The log directory.
+        dir: PathBuf,
+        /// Partitions on disk.
+        existing: u32,
+        /// Partitions in the configuration.
+        configured: u32,
+    },
+    /// A consumer name that cannot be used as a file name.
+    #[error(
+        "invalid consumer name {0:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
+    )]
+    InvalidConsumerName(String),
+    /// A file the log owns is not in the expected format.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration is not usable.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    /// A wait for durability did not finish in time.
+    #[error("timed out after {0:?} waiting for the log")]
+    Timeout(Duration),
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// True if the error is the disk being full (`ENOSPC`), which callers usually
+    /// turn into "try again later" rather than a crash.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, LogError::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -1,0 +1,128 @@
+//! `lungfish-log`: the embedded, durable, partitioned log at the heart of Lungfish.
+//!
+//! The log separates the moment data *arrives* from the moment it is *processed*.
+//! Writers append batches of records to partitions and acknowledge them only once the
+//! batch is durable; readers consume partitions from committed offsets at their own
+//! pace. It is usable on its own as a durable local queue.
+//!
+//! ```
+//! use lungfish_log::{BatchBuilder, Log, LogConfig, OffsetCommit};
+//! use std::time::Duration;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+//! let mut batch = BatchBuilder::new();
+//! batch.push(b"hello");
+//! batch.push(b"world");
+//! let appended = log.append(0, &mut batch, None).unwrap();
+//! appended.ticket.wait(Duration::from_secs(5)).unwrap(); // durable: safe to acknowledge
+//!
+//! let mut reader = log.reader(0, 0).unwrap();
+//! let chunk = reader.read(1 << 20).unwrap();
+//! let records: Vec<_> = chunk.records().map(|(_, r)| r.to_vec()).collect();
+//! assert_eq!(records, vec![b"hello".to_vec(), b"world".to_vec()]);
+//! log.commit("app", &[OffsetCommit { partition: 0, offset: 2, metadata: b"" }]).unwrap();
+//! ```
+//!
+//! # Guarantees
+//!
+//! * An append returns a [`DurableTicket`]; it resolves only when the batch is durable
+//!   under the [`FsyncPolicy`]. Acknowledge nothing before it resolves.
+//! * Readers see only durable batches, in offset order, each verified by its CRC32C.
+//! * A reader holds at most one read's worth of bytes (or one batch if larger) in
+//!   memory, whatever the backlog.
+//! * Committed consumer offsets are durable when [`Log::commit`] returns and never go
+//!   backwards (only [`Log::reset_offsets`] moves them back, on purpose).
+//! * With a [`Producer`], appends are idempotent: a writer that restarts can ask for its
+//!   last sequence number per partition ([`Log::producer_seq`]) and continue exactly
+//!   there; a batch whose sequence is not above the last is not written again.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! DIR/meta                                   "lungfish-log 1\npartitions N\n"
+//! DIR/p0000/00000000000000000000.log          segment: batches from offset 0
+//! DIR/p0000/00000000000000001234.log          next segment: first record is offset 1234
+//! DIR/p0000/00000000000000001234.producers    producer state at the start of that segment
+//! DIR/consumers/NAME.offsets                  committed offsets of consumer NAME
+//! ```
+//!
+//! A segment is a sequence of batch frames, nothing else. A frame (all integers
+//! little-endian):
+//!
+//! ```text
+//! 0   u32 magic          "LFB1"
+//! 4   u32 body_len       bytes after the CRC field (header rest + records)
+//! 8   u32 crc            CRC32C (Castagnoli) of the body_len bytes that follow
+//! 12  u64 base_offset    offset of the first record
+//! 20  u32 record_count   may be 0 (a batch that only records a producer position)
+//! 24  u16 attributes     0 (reserved for compression)
+//! 26  u16 reserved       0
+//! 28  i64 append_time    wall-clock milliseconds since the Unix epoch at append
+//! 36  u64 producer_id    0 = none
+//! 44  u64 producer_seq   the producer's position after this batch
+//! 52  records            record_count x (u32 length, bytes)
+//! ```
+//!
+//! Offsets are per record and contiguous: each batch's `base_offset` is the previous
+//! batch's `base_offset + record_count`, starting at the segment's base (its name).
+//! A producer snapshot holds `"LFP1"`, a count, `(u64 id, u64 seq)` pairs and a CRC32C.
+//! An offsets file holds `"LFO1"`, a count, `(u32 partition, u64 offset, u32 length,
+//! metadata)` entries and a CRC32C of everything before it.
+//!
+//! # Write and durability rules
+//!
+//! * Batches are written at the end of the active segment with one positioned write.
+//! * A segment is rolled when the next batch would take it past `segment_bytes`: the
+//!   old segment is fsynced first, then the producer snapshot of the new segment is
+//!   written (temporary file, fsync, rename, directory fsync), then the new segment file
+//!   is created. The directory is fsynced before any byte of the new segment counts as
+//!   durable. So a new segment never exists on disk after an old one with a torn tail.
+//! * The flusher thread fsyncs (`Always`: as soon as something was written, sharing one
+//!   fsync among all appends that arrived meanwhile; `Every(d)`: every `d`). After a
+//!   successful fsync the durable mark advances and tickets and readers wake.
+//! * A failed write or fsync *poisons* the partition: its durable mark stops where it
+//!   was, waiting tickets fail, and further appends fail until the log is reopened
+//!   (after a failed fsync the page cache is not trusted). Reopening recovers from what
+//!   is on disk.
+//! * Offsets and snapshots are replaced atomically: temporary file, fsync, rename,
+//!   directory fsync.
+//!
+//! # Recovery rules (on open)
+//!
+//! * Leftover `*.tmp` files are removed.
+//! * Sealed segments (all but the last) are trusted as written: they were fsynced before
+//!   the next segment was created. Their batches are checked when read; a bad batch
+//!   is reported as [`LogError::Corrupt`] with partition, segment and byte position,
+//!   never skipped.
+//! * The last segment is scanned from its start, verifying every batch (magic, length,
+//!   CRC32C, record framing, offset continuity). At the first batch that is incomplete
+//!   or fails a check, the file is truncated there and fsynced, and a warning is
+//!   logged with the number of bytes dropped ([`Log::recovery`] reports it too).
+//!   Everything before that point is kept. An acknowledged batch is always before that
+//!   point, because acknowledgement waits for its fsync.
+//! * Producer state is loaded from the newest readable snapshot and brought up to date
+//!   by walking the batch headers written after it.
+//! * The partition count is recorded in `meta` and cannot change.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod format;
+mod log;
+mod offsets;
+mod partition;
+mod reader;
+mod segment;
+mod storage;
+
+pub use config::{FsyncPolicy, LogConfig};
+pub use error::{LogError, Result};
+pub use format::{BatchBuilder, BatchHeader, BatchView, Producer, Records};
+pub use log::{Log, PartitionStats};
+pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
+pub use partition::{Appended, DurableTicket, RecoveryReport};
+pub use reader::{Chunk, PartitionReader};
+pub use storage::{FsStorage, ReadFile, Storage, WriteFile};

@@ -1,0 +1,438 @@
+//! The [`Log`] handle: opens the partitions, runs the flusher, owns the offsets.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{FsyncPolicy, LogConfig};
+use crate::format::{BatchBuilder, Producer};
+use crate::offsets::{ConsumerOffsets, OffsetCommit, OffsetStore};
+use crate::partition::{Appended, Partition, RecoveryReport};
+use crate::reader::PartitionReader;
+use crate::segment::partition_dir;
+use crate::storage::{FsStorage, Storage, write_file_atomic};
+use crate::{LogError, Result};
+
+const META_FILE: &str = "meta";
+
+/// A partitioned, durable, append-only log. Cheap to clone; all clones share the log.
+/// The flusher stops and a final fsync runs when the last clone is dropped or
+/// [`close`](Self::close)d.
+#[derive(Debug, Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    config: LogConfig,
+    storage: Arc<dyn Storage>,
+    partitions: Vec<Arc<Partition>>,
+    offsets: Mutex<OffsetStore>,
+    flush: Arc<FlushControl>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct FlushControl {
+    state: Mutex<FlushState>,
+    cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    stop: bool,
+    dirty: bool,
+}
+
+/// A summary of one partition, for inspection and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// The partition.
+    pub partition: u32,
+    /// Offset of the first record still in the log.
+    pub start_offset: u64,
+    /// Offset after the last durable record.
+    pub end_offset: u64,
+    /// Offset after the last written (maybe not yet durable) record.
+    pub written_offset: u64,
+    /// Number of segment files.
+    pub segments: usize,
+    /// Bytes in segment files (durable part of the active one).
+    pub bytes: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers every partition (see
+    /// the crate documentation for the rules).
+    ///
+    /// # Errors
+    /// The configuration is invalid, the directory holds a log with another partition
+    /// count, a file cannot be read, or a sealed segment is corrupt.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Self::open_with_storage(dir, config, Arc::new(FsStorage))
+    }
+
+    /// Like [`open`](Self::open), doing all I/O through `storage`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with_storage(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| LogError::io("create directory", &dir, e))?;
+        let meta = dir.join(META_FILE);
+        if storage.exists(&meta) {
+            let existing = read_meta(&*storage, &meta)?;
+            if existing != config.partitions {
+                return Err(LogError::PartitionCountMismatch {
+                    dir,
+                    existing,
+                    configured: config.partitions,
+                });
+            }
+        } else {
+            write_file_atomic(
+                &*storage,
+                &meta,
+                format!("lungfish-log 1\npartitions {}\n", config.partitions).as_bytes(),
+            )?;
+        }
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            partitions.push(Partition::open(
+                p,
+                partition_dir(&dir, p),
+                storage.clone(),
+                &config,
+            )?);
+        }
+        let offsets = OffsetStore::open(&*storage, dir.join("consumers"), config.partitions)?;
+        let flush = Arc::new(FlushControl::default());
+        let flusher = match config.fsync {
+            FsyncPolicy::Never => None,
+            policy => {
+                let parts = partitions.clone();
+                let control = flush.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("lungfish-log-flush".into())
+                        .spawn(move || run_flusher(policy, &parts, &control))
+                        .map_err(|e| LogError::io("spawn flusher thread", &dir, e))?,
+                )
+            }
+        };
+        Ok(Log {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                storage,
+                partitions,
+                offsets: Mutex::new(offsets),
+                flush,
+                flusher: Mutex::new(flusher),
+            }),
+        })
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.inner.partitions.len() as u32
+    }
+
+    fn part(&self, partition: u32) -> Result<&Arc<Partition>> {
+        self.inner
+            .partitions
+            .get(partition as usize)
+            .ok_or(LogError::NoSuchPartition {
+                partition,
+                partitions: self.partitions(),
+            })
+    }
+
+    /// What recovery did to each partition when the log was opened.
+    pub fn recovery(&self) -> Vec<RecoveryReport> {
+        self.inner
+            .partitions
+            .iter()
+            .map(|p| p.recovery.clone())
+            .collect()
+    }
+
+    /// Appends `batch` to `partition` and returns at once; the batch is durable when the
+    /// returned ticket resolves. The builder's records stay in it (call
+    /// [`BatchBuilder::clear`] to reuse it).
+    ///
+    /// With a `producer`, the append is idempotent: if `producer.seq` is not above the
+    /// last sequence number of `producer.id` in this partition, nothing is written and
+    /// [`Appended::duplicate`] is true.
+    ///
+    /// # Errors
+    /// [`LogError::BatchTooLarge`], [`LogError::Poisoned`] after an earlier I/O failure,
+    /// or the I/O error of this write (which poisons the partition: a torn write is cut
+    /// off by recovery on the next open). A full disk is an I/O error for which
+    /// [`LogError::is_disk_full`] is true.
+    pub fn append(
+        &self,
+        partition: u32,
+        batch: &mut BatchBuilder,
+        producer: Option<Producer>,
+    ) -> Result<Appended> {
+        let appended = self.part(partition)?.append(batch, producer, now_ms())?;
+        if self.inner.config.fsync == FsyncPolicy::Always && !appended.duplicate {
+            let mut s = self.inner.flush.state.lock().unwrap();
+            s.dirty = true;
+            drop(s);
+            self.inner.flush.cond.notify_one();
+        }
+        Ok(appended)
+    }
+
+    /// A reader of `partition` positioned at `from_offset`.
+    ///
+    /// # Errors
+    /// [`LogError::NoSuchPartition`].
+    pub fn reader(&self, partition: u32, from_offset: u64) -> Result<PartitionReader> {
+        Ok(PartitionReader::new(
+            self.part(partition)?.clone(),
+            from_offset,
+        ))
+    }
+
+    /// Offset after the last durable record of `partition` (0 for a bad partition).
+    pub fn end_offset(&self, partition: u32) -> u64 {
+        self.part(partition)
+            .map_or(0, |p| p.durable_mark().next_offset)
+    }
+
+    /// The last sequence number `producer_id` appended to `partition`, if any.
+    pub fn producer_seq(&self, partition: u32, producer_id: u64) -> Option<u64> {
+        self.part(partition).ok()?.producer_seq(producer_id)
+    }
+
+    /// Statistics of one partition.
+    ///
+    /// # Errors
+    /// [`LogError::NoSuchPartition`].
+    pub fn stats(&self, partition: u32) -> Result<PartitionStats> {
+        let p = self.part(partition)?;
+        let segments = p.segments();
+        let mark = p.durable_mark();
+        let bytes = segments
+            .iter()
+            .map(|s| s.sealed_len.unwrap_or(mark.position))
+            .sum();
+        Ok(PartitionStats {
+            partition,
+            start_offset: segments.first().map_or(0, |s| s.base),
+            end_offset: mark.next_offset,
+            written_offset: p.written_end(),
+            segments: segments.len(),
+            bytes,
+        })
+    }
+
+    /// Makes everything appended so far durable now, whatever the policy.
+    ///
+    /// # Errors
+    /// The first fsync failure.
+    pub fn sync(&self) -> Result<()> {
+        let mut first = None;
+        for p in &self.inner.partitions {
+            if let Err(e) = p.sync() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Durably records `consumer`'s offsets for the listed partitions (others keep theirs).
+    ///
+    /// # Errors
+    /// [`LogError::OffsetRegression`] if an offset would go backwards,
+    /// [`LogError::OffsetPastEnd`] past the durable end, an invalid name or an I/O error.
+    /// On error nothing is changed.
+    pub fn commit(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
+        let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
+        self.inner.offsets.lock().unwrap().commit(
+            &*self.inner.storage,
+            consumer,
+            entries,
+            &ends,
+            true,
+        )
+    }
+
+    /// Moves `consumer`'s offsets anywhere, backwards included (for replay). Offsets
+    /// past the end are refused.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit), without the backwards check.
+    pub fn reset_offsets(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
+        let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
+        self.inner.offsets.lock().unwrap().commit(
+            &*self.inner.storage,
+            consumer,
+            entries,
+            &ends,
+            false,
+        )
+    }
+
+    /// `consumer`'s committed offsets, per partition (`None` where it never committed).
+    ///
+    /// # Errors
+    /// An invalid name, or an unreadable or damaged offsets file.
+    pub fn committed(&self, consumer: &str) -> Result<ConsumerOffsets> {
+        self.inner
+            .offsets
+            .lock()
+            .unwrap()
+            .get(&*self.inner.storage, consumer)
+    }
+
+    /// Names of the consumers that have committed offsets.
+    ///
+    /// # Errors
+    /// The consumers directory cannot be listed.
+    pub fn consumers(&self) -> Result<Vec<String>> {
+        self.inner
+            .offsets
+            .lock()
+            .unwrap()
+            .consumers(&*self.inner.storage)
+    }
+
+    /// Stops the flusher, makes everything durable and wakes all waiters. Other clones
+    /// keep working for reads; further appends are still accepted but only made
+    /// durable by [`sync`](Self::sync).
+    ///
+    /// # Errors
+    /// The final fsync failed.
+    pub fn close(&self) -> Result<()> {
+        self.inner.stop_flusher();
+        let result = self.sync();
+        for p in &self.inner.partitions {
+            p.close();
+        }
+        result
+    }
+}
+
+impl Inner {
+    fn stop_flusher(&self) {
+        self.flush.state.lock().unwrap().stop = true;
+        self.flush.cond.notify_all();
+        if let Some(handle) = self.flusher.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_flusher();
+        if self.config.fsync != FsyncPolicy::Never {
+            for p in &self.partitions {
+                if let Err(e) = p.sync() {
+                    tracing::error!(partition = p.id, error = %e, "final fsync of the log failed");
+                }
+            }
+        }
+        for p in &self.partitions {
+            p.close();
+        }
+    }
+}
+
+fn run_flusher(policy: FsyncPolicy, parts: &[Arc<Partition>], control: &FlushControl) {
+    let sync_all = || {
+        for p in parts {
+            if p.is_dirty()
+                && let Err(e) = p.sync()
+            {
+                tracing::error!(partition = p.id, error = %e, "log fsync failed; the partition refuses appends until reopened");
+            }
+        }
+    };
+    loop {
+        {
+            let mut s = control.state.lock().unwrap();
+            match policy {
+                FsyncPolicy::Always => {
+                    while !s.dirty && !s.stop {
+                        s = control
+                            .cond
+                            .wait_timeout(s, Duration::from_millis(100))
+                            .unwrap()
+                            .0;
+                    }
+                    s.dirty = false;
+                }
+                FsyncPolicy::Every(interval) => {
+                    if !s.stop {
+                        s = control.cond.wait_timeout(s, interval).unwrap().0;
+                    }
+                }
+                FsyncPolicy::Never => return,
+            }
+            if s.stop {
+                return;
+            }
+        }
+        sync_all();
+    }
+}
+
+fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
+    let bad = |reason: &str| LogError::BadFile {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let file = storage
+        .open_read(path)
+        .map_err(|e| LogError::io("open", path, e))?;
+    let len = file.size().map_err(|e| LogError::io("stat", path, e))? as usize;
+    if len > 4096 {
+        return Err(bad("meta file too large"));
+    }
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| LogError::io("read", path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("meta file is not UTF-8"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("lungfish-log 1") {
+        return Err(bad(
+            "not a lungfish-log meta file (or an unknown format version)",
+        ));
+    }
+    lines
+        .find_map(|l| l.strip_prefix("partitions "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| bad("meta file has no partition count"))
+}

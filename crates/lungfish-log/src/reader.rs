@@ -1,0 +1,332 @@
+//! Reading a partition from an offset, in bounded chunks of whole, verified batches.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::format::{BatchView, FrameError, HEADER_LEN, decode_header};
+use crate::partition::Partition;
+use crate::segment::find_position;
+use crate::storage::ReadFile;
+use crate::{LogError, Result};
+
+#[derive(Debug)]
+struct Cursor {
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn ReadFile>,
+    /// File position of the next batch to read.
+    pos: u64,
+}
+
+/// Reads one partition forward from an offset. Only durable batches are returned.
+///
+/// Memory is bounded: a read holds at most `max_bytes` (or one batch, if a single batch
+/// is larger) whatever the backlog. Every batch is verified (magic, length, CRC32C)
+/// before its records are handed out.
+#[derive(Debug)]
+pub struct PartitionReader {
+    part: Arc<Partition>,
+    next_offset: u64,
+    cursor: Option<Cursor>,
+    buf: Vec<u8>,
+    frames: Vec<(usize, usize)>,
+}
+
+/// Whole batches read by one [`PartitionReader::read`] call.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    buf: &'a [u8],
+    frames: &'a [(usize, usize)],
+    from_offset: u64,
+    next_offset: u64,
+    max_batch: usize,
+}
+
+impl<'a> Chunk<'a> {
+    /// True if nothing was read (the reader is at the durable end).
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes read, framing included.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The offset after the last record of the chunk: where the next read starts.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The batches, in order. The first may start before the reader's position; use
+    /// [`records`](Self::records) to get exactly the records from the position on.
+    pub fn batches(&self) -> impl Iterator<Item = BatchView<'a>> + '_ {
+        let buf = self.buf;
+        let max = self.max_batch;
+        self.frames.iter().map(move |&(start, len)| {
+            // Verified when read; decoding again only re-reads the header.
+            BatchView::decode(&buf[start..start + len], max).expect("frame verified at read")
+        })
+    }
+
+    /// The records at or after the reader's position, with their offsets, in order.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &'a [u8])> + '_ {
+        let from = self.from_offset;
+        self.batches()
+            .flat_map(|b| b.records())
+            .filter(move |(offset, _)| *offset >= from)
+    }
+
+    /// Number of records at or after the reader's position.
+    pub fn record_count(&self) -> u64 {
+        self.next_offset - self.from_offset
+    }
+}
+
+impl PartitionReader {
+    pub(crate) fn new(part: Arc<Partition>, from_offset: u64) -> Self {
+        PartitionReader {
+            part,
+            next_offset: from_offset,
+            cursor: None,
+            buf: Vec::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    /// The partition read.
+    pub fn partition(&self) -> u32 {
+        self.part.id
+    }
+
+    /// The offset of the next record to read.
+    pub fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Moves the reader to `offset`.
+    pub fn seek(&mut self, offset: u64) {
+        self.next_offset = offset;
+        self.cursor = None;
+    }
+
+    /// The durable end offset of the partition: how far there is data to read.
+    pub fn end_offset(&self) -> u64 {
+        self.part.durable_mark().next_offset
+    }
+
+    /// Blocks until there is a record at the reader's position or `timeout` passes.
+    /// Returns true if there is one.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.part
+            .wait_for_offset_blocking(self.next_offset, timeout)
+    }
+
+    /// Waits until there is a record at the reader's position. Cancel safe; has no
+    /// timeout of its own.
+    pub async fn wait_async(&self) -> bool {
+        self.part.wait_for_offset(self.next_offset).await
+    }
+
+    /// Reads whole durable batches from the reader's position, up to about `max_bytes`
+    /// (at least one batch if any is available). Returns an empty chunk at the end.
+    ///
+    /// # Errors
+    /// I/O errors, and [`LogError::Corrupt`] if a batch fails its checks: the reader
+    /// never skips past bad data.
+    pub fn read(&mut self, max_bytes: usize) -> Result<Chunk<'_>> {
+        self.frames.clear();
+        let from = self.next_offset;
+        let read_end = self.fill(max_bytes.max(HEADER_LEN))?;
+        Ok(Chunk {
+            buf: &self.buf[..read_end],
+            frames: &self.frames,
+            from_offset: from,
+            next_offset: self.next_offset,
+            max_batch: self.part.max_batch,
+        })
+    }
+
+    fn fill(&mut self, max_bytes: usize) -> Result<usize> {
+        let mark = {
+            let d = self.part.durable.lock().unwrap();
+            if let Some(e) = &d.error {
+                // Data before the durable mark is still good; only stop at the mark.
+                tracing::debug!(partition = self.part.id, error = %e, "reading a poisoned partition");
+            }
+            d.mark
+        };
+        if self.next_offset >= mark.next_offset {
+            return Ok(0);
+        }
+        loop {
+            if self.cursor.is_none() {
+                self.cursor = Some(self.open_cursor()?);
+            }
+            let cursor = self.cursor.as_mut().unwrap();
+            let segments = self.part.segments();
+            let end = if cursor.base < mark.seg_base {
+                match segments.iter().find(|s| s.base == cursor.base) {
+                    Some(s) => s.sealed_len.unwrap_or(0),
+                    None => {
+                        return Err(LogError::BadFile {
+                            path: cursor.path.clone(),
+                            reason: "segment disappeared while being read".into(),
+                        });
+                    }
+                }
+            } else {
+                mark.position
+            };
+            if cursor.pos >= end {
+                if cursor.base < mark.seg_base {
+                    // Sealed and fully read: go on to the next segment.
+                    let next = segments
+                        .iter()
+                        .find(|s| s.base > cursor.base)
+                        .ok_or_else(|| LogError::BadFile {
+                            path: cursor.path.clone(),
+                            reason: "no segment after a sealed one".into(),
+                        })?;
+                    let file = self
+                        .part
+                        .storage()
+                        .open_read(&next.path)
+                        .map_err(|e| LogError::io("open", &next.path, e))?;
+                    *cursor = Cursor {
+                        base: next.base,
+                        path: next.path.clone(),
+                        file,
+                        pos: 0,
+                    };
+                    continue;
+                }
+                return Ok(0);
+            }
+            return self.read_frames(end, max_bytes);
+        }
+    }
+
+    fn open_cursor(&self) -> Result<Cursor> {
+        let segments = self.part.segments();
+        let seg = segments
+            .iter()
+            .rev()
+            .find(|s| s.base <= self.next_offset)
+            .or_else(|| segments.first())
+            .ok_or_else(|| LogError::BadFile {
+                path: self.part.dir().to_path_buf(),
+                reason: "partition has no segment".into(),
+            })?;
+        let file = self
+            .part
+            .storage()
+            .open_read(&seg.path)
+            .map_err(|e| LogError::io("open", &seg.path, e))?;
+        let limit = match seg.sealed_len {
+            Some(len) => len,
+            None => self.part.durable_mark().position,
+        };
+        let (pos, _) = find_position(
+            &*file,
+            &seg.path,
+            limit,
+            seg.base,
+            self.next_offset,
+            self.part.max_batch,
+        )
+        .map_err(|e| match e {
+            LogError::Corrupt {
+                segment,
+                position,
+                reason,
+                ..
+            } => LogError::Corrupt {
+                partition: self.part.id,
+                segment,
+                position,
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(Cursor {
+            base: seg.base,
+            path: seg.path.clone(),
+            file,
+            pos,
+        })
+    }
+
+    /// Reads batches from the cursor up to `end` (a durable limit), at most about
+    /// `max_bytes`, into `buf`; records their frames. Returns the bytes used.
+    fn read_frames(&mut self, end: u64, max_bytes: usize) -> Result<usize> {
+        let part_id = self.part.id;
+        let max_batch = self.part.max_batch;
+        let cursor = self.cursor.as_mut().unwrap();
+        let available = (end - cursor.pos) as usize;
+        let mut want = available.min(max_bytes);
+        loop {
+            self.buf.resize(want, 0);
+            cursor
+                .file
+                .read_exact_at(&mut self.buf[..want], cursor.pos)
+                .map_err(|e| LogError::io("read", &cursor.path, e))?;
+            let mut at = 0usize;
+            while at < want {
+                match BatchView::decode(&self.buf[at..want], max_batch) {
+                    Ok(view) => {
+                        let len = view.frame_len();
+                        self.next_offset = self.next_offset.max(view.header().next_offset());
+                        self.frames.push((at, len));
+                        at += len;
+                    }
+                    Err(FrameError::Truncated) => break,
+                    Err(FrameError::Invalid(reason)) => {
+                        return Err(LogError::Corrupt {
+                            partition: part_id,
+                            segment: cursor.path.clone(),
+                            position: cursor.pos + at as u64,
+                            reason,
+                        });
+                    }
+                }
+            }
+            if at == 0 {
+                // The first batch is larger than `max_bytes`: read exactly that batch.
+                let need = match decode_header(&self.buf[..want], max_batch) {
+                    Ok(h) => h.frame_len() as usize,
+                    Err(FrameError::Truncated) => HEADER_LEN,
+                    Err(FrameError::Invalid(reason)) => {
+                        return Err(LogError::Corrupt {
+                            partition: part_id,
+                            segment: cursor.path.clone(),
+                            position: cursor.pos,
+                            reason,
+                        });
+                    }
+                };
+                if need > available {
+                    return Err(LogError::Corrupt {
+                        partition: part_id,
+                        segment: cursor.path.clone(),
+                        position: cursor.pos,
+                        reason: format!("batch of {need} bytes runs past the durable end"),
+                    });
+                }
+                if need <= want {
+                    return Err(LogError::Corrupt {
+                        partition: part_id,
+                        segment: cursor.path.clone(),
+                        position: cursor.pos,
+                        reason: "batch cannot be decoded".into(),
+                    });
+                }
+                want = need;
+                continue;
+            }
+            cursor.pos += at as u64;
+            return Ok(at);
+        }
+    }
+}
