@@ -1,1 +1,67 @@
-fn main() {}
+//! `lungfish`: run, validate and benchmark Lungfish pipelines.
+//!
+//! The binary is thin: it parses the command line, loads the pipeline file, wires the
+//! library's parts and shows progress. Everything else lives in the `lungfish` crate.
+
+mod admin;
+mod bench;
+mod dlq;
+mod generate;
+mod run;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An event pipeline that stays calm under irregular load.
+#[derive(Debug, Parser)]
+#[command(name = "lungfish", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until its input is finished and processed (or Ctrl-C).
+    Run(run::Args),
+    /// Check pipeline files and report every problem with file, line and field.
+    Validate {
+        /// Pipeline files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write generated JSON-lines events to standard output or a file.
+    Generate(generate::Args),
+    /// Measure parse-only speed against the full pipeline, side by side.
+    Bench(bench::Args),
+    /// Look at the dead-letter queue of a pipeline.
+    #[command(subcommand)]
+    Dlq(dlq::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LUNGFISH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate { files } => validate::validate(&files),
+        Command::Generate(args) => generate::generate(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Dlq(cmd) => dlq::dlq(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

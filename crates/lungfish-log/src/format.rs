@@ -88,6 +88,14 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// The records pushed so far, in order.
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            rest: &self.buf[HEADER_LEN..],
+            next_offset: 0,
+        }
+    }
+
     /// Removes all records, keeping the allocation.
     pub fn clear(&mut self) {
         self.buf.truncate(HEADER_LEN);

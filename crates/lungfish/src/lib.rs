@@ -1,1 +1,37 @@
-//! Lungfish engine.
+//! Lungfish: an event pipeline that stays calm under irregular load.
+//!
+//! Events arrive in waves; Lungfish separates arrival from processing with a durable
+//! log ([`lungfish_log`]), consumes it in bounded micro-batches, routes events by key to
+//! worker shards that own their window state, and lands results in storage through
+//! batched, idempotent sinks. An event is acknowledged only after its effect is durable,
+//! and a crash at any moment replays to the same result.
+//!
+//! The path of one event, module by module:
+//! [`sources`] -> [`ingest`] (parse once, [`codec::json`]) -> [`event`] record ->
+//! [`lungfish_log`] -> [`consumer`] (watermark, micro-batch) -> [`shard`] ([`window`]
+//! state) -> [`sinks`], with [`checkpoint`] markers deciding what is committed and
+//! [`dlq`] keeping what could not go on. [`pipeline`] wires it all from a [`config`].
+//! `docs/ARCHITECTURE.md` tells the same story at length.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod codec;
+pub mod config;
+pub mod consumer;
+pub mod control;
+pub mod dlq;
+pub mod error;
+pub mod event;
+pub mod ingest;
+pub mod pipeline;
+pub mod shard;
+pub mod sinks;
+pub mod sources;
+pub mod window;
+
+pub use config::PipelineConfig;
+pub use control::Control;
+pub use error::{Domain, Error};
+pub use pipeline::{Pipeline, Summary};

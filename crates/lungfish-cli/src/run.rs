@@ -1,0 +1,226 @@
+//! `lungfish run`: run a pipeline with a progress bar, metrics and a final summary.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lungfish::config::SourceConfig;
+use lungfish::{Control, Pipeline, PipelineConfig, Summary};
+
+use crate::admin;
+
+/// Arguments of `lungfish run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pipeline file (TOML).
+    pub file: PathBuf,
+    /// No progress bar, even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Formats a count with thousands separators.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs the pipeline in `args.file`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = match PipelineConfig::load(&args.file) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let handle = admin::install_recorder()?;
+    let control = Arc::new(Control::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lungfish-admin")
+        .enable_all()
+        .build()?;
+    if let Some(metrics) = &config.metrics {
+        let listener = runtime.block_on(admin::bind(metrics.address))?;
+        runtime.spawn(async move {
+            if let Err(e) = admin::serve(listener, handle).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    {
+        let control = control.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if control.is_stopping() {
+                    control.abort("interrupted twice: stopping without draining");
+                } else {
+                    eprintln!("lungfish: stopping: finishing the current batches and committing (Ctrl-C again to abort)");
+                    control.stop();
+                }
+            }
+        });
+    }
+    let expected = expected_events(&config);
+    let progress = (!args.quiet && std::io::stderr().is_terminal())
+        .then(|| spawn_progress(control.clone(), expected));
+    let pipeline = Pipeline::new(config)?;
+    let result = pipeline.run(control.clone());
+    if let Some((bar, stop)) = progress {
+        stop.store(true, Ordering::SeqCst);
+        bar.finish_and_clear();
+    }
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(summary) => {
+            print_summary(&summary, &args.file);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("Committed progress is kept: run the same command again to resume.");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Events the sources will produce, if every source is a generator with a count.
+fn expected_events(config: &PipelineConfig) -> Option<u64> {
+    config
+        .sources
+        .iter()
+        .map(|s| match &s.config {
+            SourceConfig::Generator(g) => g.count,
+            _ => None,
+        })
+        .sum()
+}
+
+fn spawn_progress(
+    control: Arc<Control>,
+    expected: Option<u64>,
+) -> (ProgressBar, Arc<std::sync::atomic::AtomicBool>) {
+    let bar = match expected {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {percent:>3}% in | {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        ),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b, s) = (bar.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while !s.load(Ordering::SeqCst) {
+            let st = &control.stats;
+            let events_in = st.events_in.load(Ordering::Relaxed);
+            let processed = st.processed.load(Ordering::Relaxed);
+            let rate = processed as f64 / started.elapsed().as_secs_f64().max(0.001);
+            b.set_position(events_in);
+            b.set_message(format!(
+                "{} in, {} processed, {} windows, {} late, {} rejected, {}/s",
+                count(events_in),
+                count(processed),
+                count(st.windows.load(Ordering::Relaxed)),
+                count(st.late.load(Ordering::Relaxed)),
+                count(st.rejected.load(Ordering::Relaxed)),
+                count(rate as u64),
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    (bar, stop)
+}
+
+/// Prints the end-of-run summary: totals over all runs (from durable state) and this
+/// run's share.
+pub fn print_summary(s: &Summary, file: &Path) {
+    let secs = s.elapsed.as_secs_f64();
+    let state = if s.complete { "complete" } else { "stopped" };
+    println!("lungfish: pipeline {:?} {state} after {secs:.2} s", s.name);
+    if s.complete && s.events_in == 0 && s.processed == 0 {
+        println!("  all input was already in and processed: nothing to do");
+    }
+    let stored = s.sinks.iter().find_map(|k| k.stored_rows);
+    let rejected = s.dead_letters_of("source:");
+    let late = s
+        .dead_letters
+        .iter()
+        .filter(|((_, kind), _)| kind == "late")
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    println!("  {:<14} {:>14} {:>14}", "", "total", "this run");
+    println!(
+        "  {:<14} {:>14} {:>14}",
+        "events in",
+        count(s.log_events),
+        count(s.events_in)
+    );
+    println!(
+        "  {:<14} {:>14} {:>14}",
+        "rejected",
+        count(rejected),
+        count(s.rejected)
+    );
+    println!("  {:<14} {:>14} {:>14}", "late", count(late), count(s.late));
+    println!(
+        "  {:<14} {:>14} {:>14}",
+        "windows out",
+        stored.map_or("-".to_owned(), count),
+        count(s.windows)
+    );
+    if secs > 0.0 && s.processed > 0 {
+        println!(
+            "  {:<14} {:>14}",
+            "events/s",
+            count((s.processed as f64 / secs) as u64)
+        );
+    }
+    for k in &s.sinks {
+        match k.stored_rows {
+            Some(n) => println!(
+                "  results ({}): {} ({} rows)",
+                k.name,
+                k.description,
+                count(n)
+            ),
+            None => println!("  results ({}): {}", k.name, k.description),
+        }
+        if let Some(hint) = &k.query_hint {
+            println!("    query: {hint}");
+        }
+    }
+    if rejected + late > 0 {
+        println!(
+            "  dead letters: {} (see: lungfish dlq list {})",
+            s.data_dir.join("dlq").display(),
+            file.display()
+        );
+    }
+}

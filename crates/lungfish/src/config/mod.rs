@@ -1,0 +1,523 @@
+//! Pipeline files: the typed configuration of a pipeline, and its TOML form.
+//!
+//! The types here are plain data: build them in Rust (every struct with sensible defaults
+//! is [`Default`]) and check them with [`PipelineConfig::validate`], or read them from a
+//! pipeline file with [`PipelineConfig::load`] / [`PipelineConfig::parse`], a thin layer
+//! that maps TOML onto these types and reports every problem at once, each with its file,
+//! line, column and dotted field path. Durations and sizes are human-readable strings
+//! (`50ms`, `1m30s`, `64MiB`), see [`units`].
+
+mod aggregate;
+mod error;
+mod read;
+mod suggest;
+#[cfg(test)]
+mod tests;
+pub mod units;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use aggregate::InvalidAggregate;
+pub use error::{ConfigError, ConfigErrors};
+
+/// A whole pipeline: where events come from, how they are logged, aggregated and written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// The pipeline's name, used as the consumer name for offsets (file: defaults to the
+    /// file's stem).
+    pub name: String,
+    /// Where the log, offsets and dead letters live; relative paths are relative to the
+    /// working directory.
+    pub data_dir: PathBuf,
+    /// The sources, in file order (at least one).
+    pub sources: Vec<NamedSource>,
+    /// The durable log between sources and processing.
+    pub log: LogSettings,
+    /// Parsing, watermarks, micro-batches, windows and aggregates.
+    pub pipeline: ProcessingConfig,
+    /// The sinks, in file order (at least one).
+    pub sinks: Vec<NamedSink>,
+    /// The metrics endpoint, if enabled.
+    pub metrics: Option<MetricsConfig>,
+}
+
+impl Default for PipelineConfig {
+    /// Name `pipeline`, data dir `lungfish-data`, default log and processing settings, no
+    /// sources, no sinks (add at least one of each), no metrics.
+    fn default() -> Self {
+        Self {
+            name: "pipeline".to_owned(),
+            data_dir: PathBuf::from("lungfish-data"),
+            sources: Vec::new(),
+            log: LogSettings::default(),
+            pipeline: ProcessingConfig::default(),
+            sinks: Vec::new(),
+            metrics: None,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file.
+    ///
+    /// On failure, returns every problem found, in file order; a file that cannot be read
+    /// gives one error with line and column 0.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(err) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read the pipeline file: {err}"),
+            }])),
+        }
+    }
+
+    /// Same as [`load`](Self::load) from text; `origin` names the file in errors, and its
+    /// stem is the default [`name`](Self::name).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigErrors> {
+        read::read(text, origin)
+    }
+
+    /// Checks the values and how they fit together (ranges, at least one source and sink,
+    /// window shape, unique column names, ...), as [`parse`](Self::parse) does for files.
+    /// Errors carry the field path but no file, line or column.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = validate::check(self)
+            .into_iter()
+            .map(|issue| ConfigError {
+                file: PathBuf::new(),
+                line: 0,
+                column: 0,
+                field: issue.fields[0].clone(),
+                message: issue.message,
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The distinct numeric fields the aggregates read, in first-use order (e.g.
+    /// `["value"]`); see [`ProcessingConfig::number_fields`].
+    pub fn number_fields(&self) -> Vec<String> {
+        self.pipeline.number_fields()
+    }
+}
+
+/// A source and the name it has in the file (`[sources.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedSource {
+    /// The source's name.
+    pub name: String,
+    /// What the source is and how it is set up.
+    pub config: SourceConfig,
+}
+
+/// A source of events, by `type`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SourceConfig {
+    /// `type = "generator"`: synthetic events.
+    Generator(GeneratorConfig),
+    /// `type = "file"`: JSON lines read from files.
+    File(FileSourceConfig),
+}
+
+impl SourceConfig {
+    /// The known source types, as written in `type`.
+    pub const TYPES: [&'static str; 2] = ["generator", "file"];
+
+    /// The `type` of this source in a pipeline file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::Generator(_) => "generator",
+            SourceConfig::File(_) => "file",
+        }
+    }
+}
+
+/// A generator of synthetic, seeded events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorConfig {
+    /// Total number of events to produce; `None` with `duration` also `None`: run forever.
+    pub count: Option<u64>,
+    /// Stop after this long (not together with `count`).
+    pub duration: Option<Duration>,
+    /// How fast to produce events.
+    pub rate: Rate,
+    /// Key cardinality (>= 1).
+    pub keys: u64,
+    /// How keys are drawn.
+    pub distribution: KeyDistribution,
+    /// Exponent of the Zipf distribution (> 0; used with [`KeyDistribution::Zipf`]).
+    pub zipf_exponent: f64,
+    /// Maximum event-time disorder.
+    pub disorder: Duration,
+    /// Share of malformed events, in `[0, 1]`.
+    pub malformed: f64,
+    /// Random seed: the same seed gives the same events.
+    pub seed: u64,
+    /// Event time of the first event, epoch milliseconds.
+    pub start_time: i64,
+    /// Event-time density: events per second of event time (>= 1). In files it defaults to
+    /// the rate when that is numeric.
+    pub events_per_second: u64,
+}
+
+impl GeneratorConfig {
+    /// The default `start_time`: 2026-01-01T00:00:00Z in epoch milliseconds.
+    pub const DEFAULT_START_TIME: i64 = 1_767_225_600_000;
+    /// The default `events_per_second` when the rate is unlimited.
+    pub const DEFAULT_EVENTS_PER_SECOND: u64 = 100_000;
+}
+
+impl Default for GeneratorConfig {
+    /// Runs forever, unlimited rate, 1000 uniform keys, no disorder, nothing malformed,
+    /// seed 0, starting at 2026-01-01T00:00:00Z, 100000 events per second of event time.
+    fn default() -> Self {
+        Self {
+            count: None,
+            duration: None,
+            rate: Rate::Unlimited,
+            keys: 1000,
+            distribution: KeyDistribution::Uniform,
+            zipf_exponent: 1.0,
+            disorder: Duration::ZERO,
+            malformed: 0.0,
+            seed: 0,
+            start_time: Self::DEFAULT_START_TIME,
+            events_per_second: Self::DEFAULT_EVENTS_PER_SECOND,
+        }
+    }
+}
+
+/// How fast a source produces events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rate {
+    /// As fast as possible (`"unlimited"`).
+    #[default]
+    Unlimited,
+    /// At most this many events per second (> 0).
+    PerSecond(u64),
+}
+
+/// How a generator draws keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyDistribution {
+    /// Every key equally likely (`"uniform"`).
+    #[default]
+    Uniform,
+    /// A few hot keys, a long tail (`"zipf"`).
+    Zipf,
+}
+
+/// A source reading JSON lines from files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSourceConfig {
+    /// Paths or glob patterns, read in order (at least one).
+    pub paths: Vec<String>,
+}
+
+impl FileSourceConfig {
+    /// A file source reading `paths` (paths or glob patterns).
+    pub fn new<I, S>(paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            paths: paths.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Settings of the durable log (`[log]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Number of partitions, 1..=1024.
+    pub partitions: u32,
+    /// Size at which a segment file is rolled, in bytes (>= 1MiB).
+    pub segment_size: u64,
+    /// When appended batches are made durable.
+    pub fsync: FsyncSetting,
+    /// Largest single appended batch, in bytes (64KiB..=1GiB, <= `segment_size`).
+    pub max_batch_size: u64,
+}
+
+impl Default for LogSettings {
+    /// 4 partitions, 128MiB segments, fsync every 10ms, batches up to 8MiB.
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            segment_size: 128 << 20,
+            fsync: FsyncSetting::default(),
+            max_batch_size: 8 << 20,
+        }
+    }
+}
+
+/// When the log makes appended batches durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSetting {
+    /// After every batch (`"always"`).
+    Always,
+    /// Group commit at most this long after a batch (`"every 10ms"`; > 0).
+    Every(Duration),
+    /// Never; leave it to the operating system (`"never"`).
+    Never,
+}
+
+impl Default for FsyncSetting {
+    /// `every 10ms`.
+    fn default() -> Self {
+        FsyncSetting::Every(Duration::from_millis(10))
+    }
+}
+
+/// How events are read, batched, windowed and aggregated (`[pipeline]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessingConfig {
+    /// The JSON field holding the key (string).
+    pub key: String,
+    /// The JSON field holding the event time (integer epoch milliseconds).
+    pub time: String,
+    /// The JSON field holding the event id.
+    pub id: String,
+    /// Watermark bound: how far behind the latest event time an event may arrive.
+    pub out_of_orderness: Duration,
+    /// Number of worker shards; 0 means one per core (at most 256).
+    pub shards: usize,
+    /// A micro-batch is cut at this many events (>= 1) ...
+    pub batch_max_events: usize,
+    /// ... or when its first event is this old (> 0), whichever comes first.
+    pub batch_max_age: Duration,
+    /// Largest accepted event, in bytes (> 0, < `log.max_batch_size`).
+    pub max_event_size: u64,
+    /// The windows events are aggregated in.
+    pub window: WindowSpec,
+    /// What is computed per window and key, one column each (at least one).
+    pub aggregates: Vec<AggregateSpec>,
+}
+
+impl Default for ProcessingConfig {
+    /// Fields `user`, `ts`, `id`; 2s out-of-orderness; one shard per core; micro-batches of
+    /// 8192 events or 50ms; events up to 64KiB. Window and aggregates are required in
+    /// pipeline files; here they default to 1s tumbling windows and `count`.
+    fn default() -> Self {
+        Self {
+            key: "user".to_owned(),
+            time: "ts".to_owned(),
+            id: "id".to_owned(),
+            out_of_orderness: Duration::from_secs(2),
+            shards: 0,
+            batch_max_events: 8192,
+            batch_max_age: Duration::from_millis(50),
+            max_event_size: 64 << 10,
+            window: WindowSpec::Tumbling {
+                size: Duration::from_secs(1),
+            },
+            aggregates: vec![AggregateSpec::count()],
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// The distinct numeric fields the aggregates read, in first-use order (e.g.
+    /// `["value"]`).
+    pub fn number_fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = Vec::new();
+        for field in self.aggregates.iter().filter_map(|a| a.field.as_ref()) {
+            if !fields.contains(field) {
+                fields.push(field.clone());
+            }
+        }
+        fields
+    }
+}
+
+/// The shape of the windows (`window = { type = ..., ... }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WindowSpec {
+    /// Back-to-back windows of `size`; each event is in exactly one.
+    Tumbling {
+        /// Window length (> 0, whole milliseconds).
+        size: Duration,
+    },
+    /// Windows of `size` starting every `slide`; each event is in `size / slide` windows.
+    Sliding {
+        /// Window length (> 0, whole milliseconds, a multiple of `slide`).
+        size: Duration,
+        /// Distance between window starts (> 0, whole milliseconds, <= `size`).
+        slide: Duration,
+    },
+}
+
+impl WindowSpec {
+    /// The known window types, as written in `type`.
+    pub const TYPES: [&'static str; 2] = ["tumbling", "sliding"];
+
+    /// The window length.
+    pub fn size(&self) -> Duration {
+        match *self {
+            WindowSpec::Tumbling { size } | WindowSpec::Sliding { size, .. } => size,
+        }
+    }
+
+    /// The distance between window starts (the size, for tumbling windows).
+    pub fn slide(&self) -> Duration {
+        match *self {
+            WindowSpec::Tumbling { size } => size,
+            WindowSpec::Sliding { slide, .. } => slide,
+        }
+    }
+}
+
+/// One aggregate: a function, the field it reads and the column it is written to.
+///
+/// Parse it from the file grammar with [`str::parse`] (`"sum(value) as total"`) or build it
+/// with [`AggregateSpec::new`]; `Display` writes the grammar back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateSpec {
+    /// The function.
+    pub func: AggFunc,
+    /// The numeric field read (`None` for `count`).
+    pub field: Option<String>,
+    /// The output column: an SQL identifier, unique, not `window_start`, `window_end` or `key`.
+    pub column: String,
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggFunc {
+    /// Number of events.
+    Count,
+    /// Sum of a field.
+    Sum,
+    /// Minimum of a field.
+    Min,
+    /// Maximum of a field.
+    Max,
+    /// Mean of a field (sum / count).
+    Mean,
+}
+
+/// A sink and the name it has in the file (`[sinks.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedSink {
+    /// The sink's name.
+    pub name: String,
+    /// What the sink is and how it is set up.
+    pub config: SinkConfig,
+}
+
+/// A destination for window rows, by `type`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SinkConfig {
+    /// `type = "sqlite"`: upserts into an SQLite table.
+    Sqlite(SqliteSinkConfig),
+    /// `type = "file"`: JSON lines of window rows.
+    File(FileSinkConfig),
+    /// `type = "stdout"`: rows printed to standard output.
+    Stdout,
+}
+
+impl SinkConfig {
+    /// The known sink types, as written in `type`.
+    pub const TYPES: [&'static str; 3] = ["sqlite", "file", "stdout"];
+
+    /// The `type` of this sink in a pipeline file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::Sqlite(_) => "sqlite",
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout => "stdout",
+        }
+    }
+}
+
+/// An SQLite sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteSinkConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// The table rows are upserted into: an SQL identifier.
+    pub table: String,
+    /// A write batch is cut at this many rows (>= 1) ...
+    pub batch_max_rows: usize,
+    /// ... or when its first row is this old (> 0).
+    pub batch_max_age: Duration,
+    /// SQLite's `synchronous` pragma.
+    pub synchronous: SqliteSync,
+}
+
+impl SqliteSinkConfig {
+    /// An SQLite sink writing to `path` with the defaults: table `windows`, batches of
+    /// 10000 rows or 100ms, `synchronous = full`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            table: "windows".to_owned(),
+            batch_max_rows: 10_000,
+            batch_max_age: Duration::from_millis(100),
+            synchronous: SqliteSync::Full,
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// `FULL`: durable at every commit.
+    #[default]
+    Full,
+    /// `NORMAL`: faster; in WAL mode a power loss may undo the latest commits.
+    Normal,
+}
+
+/// A sink writing JSON lines of window rows to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    /// The output file.
+    pub path: PathBuf,
+    /// A write batch is cut at this many rows (>= 1) ...
+    pub batch_max_rows: usize,
+    /// ... or when its first row is this old (> 0).
+    pub batch_max_age: Duration,
+}
+
+impl FileSinkConfig {
+    /// A file sink writing to `path`, with batches of 10000 rows or 100ms.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            batch_max_rows: 10_000,
+            batch_max_age: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to serve metrics.
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    /// `127.0.0.1:9898`.
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 9898)),
+        }
+    }
+}

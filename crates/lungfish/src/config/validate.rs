@@ -1,0 +1,352 @@
+//! Checks on typed configurations: ranges and how fields fit together.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::aggregate::{is_field_name, is_identifier};
+use super::error::{index, join};
+use super::units::{format_duration, format_size};
+use super::{
+    AggregateSpec, FsyncSetting, GeneratorConfig, LogSettings, PipelineConfig, ProcessingConfig,
+    Rate, SinkConfig, SourceConfig, WindowSpec,
+};
+
+/// One problem. `fields[0]` is the field the problem is reported at; the others are the
+/// fields it also depends on (a loader points at the first one the file sets).
+#[derive(Debug)]
+pub(crate) struct Issue {
+    pub fields: Vec<String>,
+    pub message: String,
+}
+
+/// Column names every window row has.
+const RESERVED_COLUMNS: [&str; 3] = ["window_start", "window_end", "key"];
+
+#[derive(Default)]
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.related(vec![field.into()], message);
+    }
+
+    fn related(&mut self, fields: Vec<String>, message: impl Into<String>) {
+        self.0.push(Issue {
+            fields,
+            message: message.into(),
+        });
+    }
+
+    fn non_empty(&mut self, field: String, value: &str) {
+        if value.is_empty() {
+            self.add(field, "must not be empty");
+        }
+    }
+
+    fn positive(&mut self, field: String, value: Duration) {
+        if value.is_zero() {
+            self.add(field, "must be greater than 0");
+        }
+    }
+
+    fn at_least_one<T: PartialOrd + From<u8>>(&mut self, field: String, value: T) {
+        if value < T::from(1) {
+            self.add(field, "must be at least 1");
+        }
+    }
+}
+
+/// Every problem in `config`, in the order of the file format.
+pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
+    let mut out = Issues::default();
+    out.non_empty("name".to_owned(), &config.name);
+    out.non_empty("data_dir".to_owned(), &config.data_dir.to_string_lossy());
+
+    if config.sources.is_empty() {
+        out.add(
+            "sources",
+            "at least one source is required, e.g. [sources.gen] with type = \"generator\"",
+        );
+    }
+    for source in &config.sources {
+        let path = join("sources", &source.name);
+        match &source.config {
+            SourceConfig::Generator(generator) => check_generator(&mut out, &path, generator),
+            SourceConfig::File(file) => {
+                let paths = join(&path, "paths");
+                if file.paths.is_empty() {
+                    out.add(paths.clone(), "must list at least one path or glob pattern");
+                }
+                for (i, p) in file.paths.iter().enumerate() {
+                    out.non_empty(index(&paths, i), p);
+                }
+            }
+        }
+    }
+
+    check_log(&mut out, &config.log);
+    check_processing(&mut out, &config.pipeline, &config.log);
+
+    if config.sinks.is_empty() {
+        out.add(
+            "sinks",
+            "at least one sink is required, e.g. [sinks.out] with type = \"stdout\"",
+        );
+    }
+    for sink in &config.sinks {
+        let path = join("sinks", &sink.name);
+        let (file, rows, age) = match &sink.config {
+            SinkConfig::Sqlite(sqlite) => {
+                if !is_identifier(&sqlite.table) {
+                    out.add(
+                        join(&path, "table"),
+                        format!(
+                            "`{}` is not a valid table name: expected a letter or `_` followed by letters, digits or `_`",
+                            sqlite.table
+                        ),
+                    );
+                }
+                (&sqlite.path, sqlite.batch_max_rows, sqlite.batch_max_age)
+            }
+            SinkConfig::File(file) => (&file.path, file.batch_max_rows, file.batch_max_age),
+            SinkConfig::Stdout => continue,
+        };
+        out.non_empty(join(&path, "path"), &file.to_string_lossy());
+        out.at_least_one(join(&path, "batch_max_rows"), rows as u64);
+        out.positive(join(&path, "batch_max_age"), age);
+    }
+    out.0
+}
+
+fn check_generator(out: &mut Issues, path: &str, generator: &GeneratorConfig) {
+    let field = |name| join(path, name);
+    if generator.count == Some(0) {
+        out.add(
+            field("count"),
+            "must be at least 1 (leave it out to run forever)",
+        );
+    }
+    if generator.duration == Some(Duration::ZERO) {
+        out.add(
+            field("duration"),
+            "must be greater than 0 (leave it out to run forever)",
+        );
+    }
+    if generator.count.is_some() && generator.duration.is_some() {
+        out.related(
+            vec![field("duration"), field("count")],
+            "set either `count` or `duration`, not both",
+        );
+    }
+    if generator.rate == Rate::PerSecond(0) {
+        out.add(field("rate"), "must be greater than 0 (or \"unlimited\")");
+    }
+    out.at_least_one(field("keys"), generator.keys);
+    if !(generator.zipf_exponent.is_finite() && generator.zipf_exponent > 0.0) {
+        out.add(field("zipf_exponent"), "must be a number greater than 0");
+    }
+    if !(0.0..=1.0).contains(&generator.malformed) {
+        out.add(field("malformed"), "must be between 0 and 1");
+    }
+    out.at_least_one(field("events_per_second"), generator.events_per_second);
+}
+
+fn check_log(out: &mut Issues, log: &LogSettings) {
+    if !(1..=1024).contains(&log.partitions) {
+        out.add(
+            "log.partitions",
+            format!("must be between 1 and 1024, got {}", log.partitions),
+        );
+    }
+    if log.segment_size < 1 << 20 {
+        out.add(
+            "log.segment_size",
+            format!(
+                "must be at least 1MiB, got {}",
+                format_size(log.segment_size)
+            ),
+        );
+    }
+    if log.fsync == FsyncSetting::Every(Duration::ZERO) {
+        out.add(
+            "log.fsync",
+            "the interval must be greater than 0 (use \"always\" to sync every batch)",
+        );
+    }
+    if log.max_batch_size < 64 << 10 {
+        out.add(
+            "log.max_batch_size",
+            format!(
+                "must be at least 64KiB, got {}",
+                format_size(log.max_batch_size)
+            ),
+        );
+    } else if log.max_batch_size > 1 << 30 {
+        out.add(
+            "log.max_batch_size",
+            format!(
+                "must be at most 1GiB, got {}",
+                format_size(log.max_batch_size)
+            ),
+        );
+    } else if log.max_batch_size > log.segment_size && log.segment_size >= 1 << 20 {
+        out.related(
+            vec![
+                "log.max_batch_size".to_owned(),
+                "log.segment_size".to_owned(),
+            ],
+            format!(
+                "{} must not exceed log.segment_size ({}): a batch must fit in a segment",
+                format_size(log.max_batch_size),
+                format_size(log.segment_size)
+            ),
+        );
+    }
+}
+
+fn check_processing(out: &mut Issues, p: &ProcessingConfig, log: &LogSettings) {
+    out.non_empty("pipeline.key".to_owned(), &p.key);
+    out.non_empty("pipeline.time".to_owned(), &p.time);
+    out.non_empty("pipeline.id".to_owned(), &p.id);
+    if p.shards > 256 {
+        out.add(
+            "pipeline.shards",
+            format!("must be at most 256 (0 = one per core), got {}", p.shards),
+        );
+    }
+    out.at_least_one(
+        "pipeline.batch_max_events".to_owned(),
+        p.batch_max_events as u64,
+    );
+    out.positive("pipeline.batch_max_age".to_owned(), p.batch_max_age);
+    if p.max_event_size == 0 {
+        out.add("pipeline.max_event_size", "must be greater than 0");
+    } else if p.max_event_size >= log.max_batch_size
+        && (64 << 10..=1 << 30).contains(&log.max_batch_size)
+    {
+        out.related(
+            vec![
+                "pipeline.max_event_size".to_owned(),
+                "log.max_batch_size".to_owned(),
+            ],
+            format!(
+                "{} must be smaller than log.max_batch_size ({}): an event must fit in a batch",
+                format_size(p.max_event_size),
+                format_size(log.max_batch_size)
+            ),
+        );
+    }
+
+    check_window(out, &p.window);
+
+    if p.aggregates.is_empty() {
+        out.add(
+            "pipeline.aggregates",
+            "must list at least one aggregate, e.g. [\"count\"]",
+        );
+    }
+    // Column names are compared ignoring ASCII case: SQL identifiers are case-insensitive.
+    let mut columns: HashMap<String, usize> = HashMap::new();
+    for (i, aggregate) in p.aggregates.iter().enumerate() {
+        let field = index("pipeline.aggregates", i);
+        if let Some(message) = aggregate_problem(aggregate) {
+            out.add(field, message);
+            continue;
+        }
+        let lower = aggregate.column.to_ascii_lowercase();
+        if RESERVED_COLUMNS.contains(&lower.as_str()) {
+            out.add(
+                field,
+                format!(
+                    "column `{}` is reserved (window_start, window_end and key are in every row); rename it with `as NAME`",
+                    aggregate.column
+                ),
+            );
+        } else if let Some(&first) = columns.get(&lower) {
+            out.related(
+                vec![field, index("pipeline.aggregates", first)],
+                format!(
+                    "column `{}` is already produced by an earlier aggregate (`{}`); rename one with `as NAME`",
+                    aggregate.column, p.aggregates[first]
+                ),
+            );
+        } else {
+            columns.insert(lower, i);
+        }
+    }
+}
+
+/// What is wrong with an aggregate built in Rust (parsed ones are always well-formed).
+fn aggregate_problem(aggregate: &AggregateSpec) -> Option<String> {
+    let name = aggregate.func.name();
+    match (&aggregate.field, aggregate.func.takes_field()) {
+        (Some(_), false) => return Some(format!("`{name}` takes no field")),
+        (None, true) => return Some(format!("`{name}` needs a field")),
+        (Some(field), true) if !is_field_name(field) => {
+            return Some(format!("`{field}` is not a valid field name"));
+        }
+        _ => {}
+    }
+    if !is_identifier(&aggregate.column) {
+        return Some(format!(
+            "`{}` is not a valid column name: expected a letter or `_` followed by letters, digits or `_`",
+            aggregate.column
+        ));
+    }
+    None
+}
+
+fn check_window(out: &mut Issues, window: &WindowSpec) {
+    let whole_ms = |out: &mut Issues, field: &str, d: Duration| {
+        if d.is_zero() {
+            out.add(field, "must be greater than 0");
+            false
+        } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
+            out.add(
+                field,
+                format!(
+                    "must be a whole number of milliseconds (event times are in milliseconds), got {}",
+                    format_duration(d)
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    };
+    match *window {
+        WindowSpec::Tumbling { size } => {
+            whole_ms(out, "pipeline.window.size", size);
+        }
+        WindowSpec::Sliding { size, slide } => {
+            let size_ok = whole_ms(out, "pipeline.window.size", size);
+            let slide_ok = whole_ms(out, "pipeline.window.slide", slide);
+            if !(size_ok && slide_ok) {
+                return;
+            }
+            let fields = vec![
+                "pipeline.window.slide".to_owned(),
+                "pipeline.window.size".to_owned(),
+            ];
+            if slide > size {
+                out.related(
+                    fields,
+                    format!(
+                        "the slide ({}) must not be longer than the window size ({})",
+                        format_duration(slide),
+                        format_duration(size)
+                    ),
+                );
+            } else if size.as_nanos() % slide.as_nanos() != 0 {
+                out.related(
+                    fields,
+                    format!(
+                        "the window size ({}) must be a multiple of the slide ({})",
+                        format_duration(size),
+                        format_duration(slide)
+                    ),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! Consumers: one per log partition, reading in bounded micro-batches, keeping the
+//! partition's watermark, deciding lateness, routing events to shards, and deciding
+//! which offset may be committed.
+//!
+//! # Watermark and lateness
+//!
+//! The watermark of a partition is `max event time seen so far - out_of_orderness`.
+//! An event is *late* when the latest window containing it ends at or before the
+//! watermark as it stood just before the event. Because this depends only on the
+//! partition's own sequence of events (never on timing or on other partitions), a replay
+//! of the same records takes exactly the same decisions.
+//!
+//! # Micro-batches and markers
+//!
+//! Events are routed by key hash to shards in per-shard batches, cut at
+//! `batch_max_events` or when the first event is `batch_max_age` old. Behind each
+//! micro-batch a [`Checkpoint`] goes to every shard with the new watermark; late events
+//! of the batch go to the dead-letter queue.
+//!
+//! # What is committed, and replay
+//!
+//! Per partition the committed offset `C` comes with `(max_ts, E, P)` (see
+//! [`ReplayState`]), all taken from the latest *completed* checkpoint:
+//! * `P` (processed-through): every record before `P` has all its effects durable;
+//! * `E` (emitted-through): every window ending at or before `E` is durably in every sink;
+//! * `C`: the first offset of the oldest window not yet emitted (or `P`);
+//! * `max_ts`: the largest event time before `C`, so the watermark restarts exactly.
+//!
+//! On restart the consumer reads from `C` with that `max_ts`, and for each record: a
+//! window ending at or before `E` is skipped (already in the sinks); a late event is
+//! written to the dead-letter queue only if it was not before (offset at or past both
+//! `P` and the queue's own last position for this partition); the rest is processed as
+//! new. The final state equals that of an uninterrupted run.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use lungfish_log::{Log, LogError, OffsetCommit, PartitionReader, Producer};
+
+use crate::checkpoint::{Checkpoint, PartitionProgress};
+use crate::codec::json::JsonExtractor;
+use crate::control::Control;
+use crate::dlq::{DeadLetter, DeadLetters, now_ms};
+use crate::event::{EventRef, key_hash, shard_for};
+use crate::shard::{ShardBatch, ShardMsg, send_patiently};
+use crate::window::Windowing;
+
+/// What a consumer stores with its committed offset to replay deterministically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayState {
+    /// Largest event time before the committed offset (`i64::MIN` if none).
+    pub max_ts: i64,
+    /// Every window ending at or before this is in the sinks (`i64::MIN` if none).
+    pub emitted_through: i64,
+    /// Every record before this offset has been processed.
+    pub processed_through: u64,
+}
+
+const REPLAY_TAG: &[u8; 4] = b"LWR1";
+
+impl ReplayState {
+    /// The state of a partition never processed.
+    pub const INITIAL: ReplayState = ReplayState {
+        max_ts: i64::MIN,
+        emitted_through: i64::MIN,
+        processed_through: 0,
+    };
+
+    /// The offset-metadata bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28);
+        v.extend_from_slice(REPLAY_TAG);
+        v.extend_from_slice(&self.max_ts.to_le_bytes());
+        v.extend_from_slice(&self.emitted_through.to_le_bytes());
+        v.extend_from_slice(&self.processed_through.to_le_bytes());
+        v
+    }
+
+    /// Decodes offset metadata; `None` if it was not written by [`encode`](Self::encode).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 28 || &bytes[..4] != REPLAY_TAG {
+            return None;
+        }
+        let i = |at: usize| i64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        Some(ReplayState {
+            max_ts: i(4),
+            emitted_through: i(12),
+            processed_through: i(20) as u64,
+        })
+    }
+}
+
+/// The producer id under which consumer `name` writes partition `partition`'s late
+/// events to the dead-letter queue.
+pub fn late_producer_id(name: &str, partition: u32) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("late:{name}:{partition}").as_bytes()) | 1
+}
+
+/// A partition's commit state: the offset and its encoded [`ReplayState`].
+type CommitState = (u64, Vec<u8>);
+
+/// Gathers the commit states consumers publish and commits them together.
+#[derive(Debug)]
+pub struct Committer {
+    log: Log,
+    name: String,
+    slots: Vec<Mutex<Option<CommitState>>>,
+    committed: Mutex<Vec<Option<CommitState>>>,
+}
+
+impl Committer {
+    /// A committer of consumer `name`'s offsets in `log`.
+    pub fn new(log: Log, name: &str) -> Self {
+        let n = log.partitions() as usize;
+        Committer {
+            log,
+            name: name.to_owned(),
+            slots: (0..n).map(|_| Mutex::new(None)).collect(),
+            committed: Mutex::new(vec![None; n]),
+        }
+    }
+
+    fn publish(&self, partition: u32, offset: u64, metadata: Vec<u8>) {
+        *self.slots[partition as usize].lock().unwrap() = Some((offset, metadata));
+    }
+
+    /// Commits every partition whose published state changed since the last commit.
+    ///
+    /// # Errors
+    /// As [`Log::commit`].
+    pub fn commit(&self) -> Result<usize, LogError> {
+        let mut committed = self.committed.lock().unwrap();
+        let mut entries = Vec::new();
+        for (p, slot) in self.slots.iter().enumerate() {
+            if let Some(state) = slot.lock().unwrap().clone()
+                && committed[p].as_ref() != Some(&state)
+            {
+                entries.push((p as u32, state));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let commits: Vec<OffsetCommit<'_>> = entries
+            .iter()
+            .map(|(p, (offset, meta))| OffsetCommit {
+                partition: *p,
+                offset: *offset,
+                metadata: meta,
+            })
+            .collect();
+        self.log.commit(&self.name, &commits)?;
+        let n = entries.len();
+        for (p, state) in entries {
+            committed[p as usize] = Some(state);
+        }
+        Ok(n)
+    }
+}
+
+/// Settings of a consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The consumer's name (offsets and dead letters are kept under it).
+    pub name: String,
+    /// Watermark bound, milliseconds.
+    pub out_of_orderness_ms: i64,
+    /// Micro-batch count bound.
+    pub batch_max_events: usize,
+    /// Micro-batch age bound.
+    pub batch_max_age: Duration,
+    /// Bytes read from the log at a time (bounds memory).
+    pub read_bytes: usize,
+    /// The windows.
+    pub windowing: Windowing,
+    /// Fingerprint of the field names records must have been extracted with.
+    pub fields_id: u32,
+    /// Extracts the fields again from records written with other field names.
+    pub extractor: JsonExtractor,
+    /// Acknowledgements a checkpoint needs (shards x sinks).
+    pub paths: usize,
+    /// How often to publish the commit state.
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OpenWindow {
+    start: i64,
+    first_offset: u64,
+    max_ts_before: i64,
+}
+
+/// One partition's consumer.
+pub struct Consumer {
+    partition: u32,
+    log: Log,
+    dead_letters: DeadLetters,
+    settings: ConsumerSettings,
+    shards: Vec<Sender<ShardMsg>>,
+    control: Arc<Control>,
+    committer: Arc<Committer>,
+    progress: Arc<PartitionProgress>,
+    late_pid: u64,
+    // Replay state restored at start.
+    restored: ReplayState,
+    late_seq: u64,
+    // Running state.
+    max_ts: i64,
+    through: u64,
+    open: Vec<OpenWindow>,
+    last_noted: Option<i64>,
+    batches: Vec<ShardBatch>,
+    pending: usize,
+    batch_started: Option<Instant>,
+    late: Vec<DeadLetter>,
+    last_late: u64,
+    numbers: Vec<f64>,
+    processed_since_flush: u64,
+    last_marker: Option<(u64, i64)>,
+    last_checkpoint: Option<Arc<Checkpoint>>,
+    last_published: Option<u64>,
+    last_publish_at: Instant,
+    start_offset: u64,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("partition", &self.partition)
+            .field("through", &self.through)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer of `partition`, resuming from the committed offset.
+    ///
+    /// # Errors
+    /// The committed offsets cannot be read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        partition: u32,
+        log: Log,
+        dead_letters: DeadLetters,
+        settings: ConsumerSettings,
+        shards: Vec<Sender<ShardMsg>>,
+        control: Arc<Control>,
+        committer: Arc<Committer>,
+    ) -> Result<Self, LogError> {
+        let committed = log.committed(&settings.name)?;
+        let (start, restored) = match &committed[partition as usize] {
+            Some(c) => {
+                let state = ReplayState::decode(&c.metadata).ok_or_else(|| LogError::BadFile {
+                    path: log.dir().join("consumers"),
+                    reason: format!(
+                        "consumer {:?} partition {partition}: offset metadata was not written by a window consumer",
+                        settings.name
+                    ),
+                })?;
+                (c.offset, state)
+            }
+            None => (0, ReplayState::INITIAL),
+        };
+        let late_pid = late_producer_id(&settings.name, partition);
+        let late_seq = dead_letters.producer_seq(late_pid).unwrap_or(0);
+        let shard_count = shards.len();
+        let per_shard = settings.batch_max_events / shard_count.max(1) + 16;
+        let numbers = vec![0.0; settings.extractor.fields().numbers.len()];
+        Ok(Consumer {
+            partition,
+            log,
+            dead_letters,
+            shards,
+            control,
+            committer,
+            progress: Arc::new(PartitionProgress::default()),
+            late_pid,
+            restored,
+            late_seq,
+            max_ts: restored.max_ts,
+            through: start,
+            open: Vec::new(),
+            last_noted: None,
+            batches: (0..shard_count)
+                .map(|_| batch_with_capacity(partition, per_shard))
+                .collect(),
+            pending: 0,
+            batch_started: None,
+            late: Vec::new(),
+            last_late: 0,
+            numbers,
+            processed_since_flush: 0,
+            last_marker: None,
+            last_checkpoint: None,
+            last_published: None,
+            last_publish_at: Instant::now(),
+            start_offset: start,
+            settings,
+        })
+    }
+
+    /// The offset the consumer starts from.
+    pub fn start_offset(&self) -> u64 {
+        self.start_offset
+    }
+
+    /// Runs until the input is finished and processed, a stop, or an abort.
+    pub fn run(mut self) {
+        if let Err(e) = self.run_inner() {
+            self.control
+                .abort(format!("consumer of partition {}: {e}", self.partition));
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<(), LogError> {
+        let mut reader: PartitionReader = self.log.reader(self.partition, self.through)?;
+        loop {
+            if self.control.is_aborting() {
+                return Ok(());
+            }
+            if self.control.is_stopping() {
+                self.flush(false);
+                return self.finish();
+            }
+            let chunk = reader.read(self.settings.read_bytes)?;
+            if chunk.is_empty() {
+                if self.pending > 0 && self.batch_age() >= self.settings.batch_max_age {
+                    self.flush(false);
+                }
+                if self.control.stats.sources_done.load(Ordering::SeqCst)
+                    && reader.position() >= self.log.end_offset(self.partition)
+                {
+                    // All input is in and processed: every window can close.
+                    self.flush(true);
+                    return self.finish();
+                }
+                self.maybe_publish();
+                let wait = if self.pending > 0 {
+                    self.settings
+                        .batch_max_age
+                        .saturating_sub(self.batch_age())
+                        .max(Duration::from_millis(1))
+                } else {
+                    Duration::from_millis(50)
+                };
+                reader.wait(wait.min(Duration::from_millis(50)));
+                continue;
+            }
+            for (offset, record) in chunk.records() {
+                self.process(offset, record);
+                if self.pending >= self.settings.batch_max_events {
+                    self.flush(false);
+                }
+            }
+            if self.pending > 0 && self.batch_age() >= self.settings.batch_max_age {
+                self.flush(false);
+            }
+            self.maybe_publish();
+        }
+    }
+
+    fn batch_age(&self) -> Duration {
+        self.batch_started.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    #[inline]
+    fn process(&mut self, offset: u64, record: &[u8]) {
+        self.through = offset + 1;
+        self.processed_since_flush += 1;
+        let event = match EventRef::decode(record) {
+            Ok(e) => e,
+            Err(e) => {
+                self.dead_letter("undecodable", e.to_string(), offset, record);
+                return;
+            }
+        };
+        let n = self.numbers.len();
+        let (key, ts): (std::borrow::Cow<'_, [u8]>, i64) =
+            if event.fields_id == self.settings.fields_id && event.number_count() == n {
+                for i in 0..n {
+                    self.numbers[i] = event.number(i);
+                }
+                (std::borrow::Cow::Borrowed(event.key), event.ts)
+            } else {
+                // Written with other field names: extract again from the stored JSON.
+                match self
+                    .settings
+                    .extractor
+                    .extract(event.raw, &mut self.numbers)
+                {
+                    Ok(x) => (std::borrow::Cow::Owned(x.key.as_bytes().to_vec()), x.ts),
+                    Err(r) => {
+                        let reason = r.to_string();
+                        self.dead_letter(r.kind(), reason, offset, event.raw);
+                        return;
+                    }
+                }
+            };
+        let w = self.settings.windowing;
+        let watermark = self
+            .max_ts
+            .saturating_sub(self.settings.out_of_orderness_ms);
+        let last_end = w.last_end(ts);
+        if last_end <= watermark {
+            if offset >= self.restored.processed_through.max(self.late_seq) {
+                let reason = format!(
+                    "late: event time {ts} is in window [{}, {last_end}), which closed at watermark {watermark}",
+                    w.last_start(ts)
+                );
+                self.late.push(DeadLetter {
+                    stage: "window".into(),
+                    kind: "late".into(),
+                    reason,
+                    location: format!("log partition {} offset {offset}", self.partition),
+                    payload: event.raw.to_vec(),
+                    time_ms: now_ms(),
+                    attempts: 1,
+                });
+                self.last_late = offset;
+            }
+        } else {
+            let cutoff = self.restored.emitted_through.max(watermark);
+            if last_end > cutoff {
+                let hash = key_hash(&key);
+                let shard = shard_for(hash, self.batches.len());
+                self.batches[shard].push(hash, ts, cutoff, &key, self.numbers.iter().copied());
+                if self.pending == 0 {
+                    self.batch_started = Some(Instant::now());
+                }
+                self.pending += 1;
+                let max_ts_before = self.max_ts;
+                let (open, last_noted) = (&mut self.open, &mut self.last_noted);
+                w.for_each_open(ts, cutoff, |start| {
+                    if *last_noted == Some(start) {
+                        return;
+                    }
+                    if !open.iter().any(|o| o.start == start) {
+                        open.push(OpenWindow {
+                            start,
+                            first_offset: offset,
+                            max_ts_before,
+                        });
+                    }
+                    *last_noted = Some(start);
+                });
+            }
+            // Otherwise every window of the event was emitted before a restart: skip.
+        }
+        self.max_ts = self.max_ts.max(ts);
+    }
+
+    fn dead_letter(&mut self, kind: &str, reason: String, offset: u64, payload: &[u8]) {
+        if offset < self.restored.processed_through.max(self.late_seq) {
+            return;
+        }
+        self.late.push(DeadLetter {
+            stage: "consumer".into(),
+            kind: kind.to_owned(),
+            reason,
+            location: format!("log partition {} offset {offset}", self.partition),
+            payload: payload.to_vec(),
+            time_ms: now_ms(),
+            attempts: 1,
+        });
+        self.last_late = offset;
+    }
+
+    /// Sends the micro-batch and its marker. With `close_all`, the marker closes every
+    /// window (the input is finished).
+    fn flush(&mut self, close_all: bool) {
+        let partition = self.partition;
+        let per_shard = self.settings.batch_max_events / self.batches.len().max(1) + 16;
+        for (s, batch) in self.batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
+            metrics::histogram!("lungfish_batch_events", "stage" => "shard")
+                .record(full.len() as f64);
+            if !send_patiently(&self.shards[s], ShardMsg::Events(full), &self.control) {
+                return;
+            }
+        }
+        let dead_letters = if self.late.is_empty() {
+            None
+        } else {
+            let late = self.late.iter().filter(|d| d.kind == "late").count() as u64;
+            self.control.stats.late.fetch_add(late, Ordering::Relaxed);
+            metrics::counter!("lungfish_late_events_total").increment(late);
+            let producer = Some(Producer {
+                id: self.late_pid,
+                seq: self.last_late + 1,
+            });
+            match self.dead_letters.append(&self.late, producer) {
+                Ok(a) => Some(a.ticket),
+                Err(e) => {
+                    self.control
+                        .abort(format!("dead-letter queue, partition {partition}: {e}"));
+                    return;
+                }
+            }
+        };
+        self.late.clear();
+        let watermark = if close_all {
+            i64::MAX
+        } else {
+            self.restored.emitted_through.max(
+                self.max_ts
+                    .saturating_sub(self.settings.out_of_orderness_ms),
+            )
+        };
+        let processed = std::mem::take(&mut self.processed_since_flush);
+        self.control
+            .stats
+            .processed
+            .fetch_add(processed, Ordering::Relaxed);
+        metrics::counter!("lungfish_stage_events_in_total", "stage" => "consumer")
+            .increment(processed);
+        metrics::histogram!("lungfish_batch_events", "stage" => "consumer")
+            .record(processed as f64);
+        let lag = self.log.end_offset(partition).saturating_sub(self.through);
+        metrics::gauge!("lungfish_consumer_lag", "partition" => partition.to_string())
+            .set(lag as f64);
+        metrics::gauge!("lungfish_consumer_offset", "partition" => partition.to_string())
+            .set(self.through as f64);
+        self.pending = 0;
+        self.batch_started = None;
+        if self.last_marker == Some((self.through, watermark)) && dead_letters.is_none() {
+            return;
+        }
+        self.last_marker = Some((self.through, watermark));
+        let cp = Checkpoint::new(
+            partition,
+            self.through,
+            watermark,
+            self.max_ts,
+            dead_letters,
+            self.settings.paths,
+            self.progress.clone(),
+        );
+        for tx in &self.shards {
+            if !send_patiently(tx, ShardMsg::Marker(cp.clone()), &self.control) {
+                return;
+            }
+        }
+        self.last_checkpoint = Some(cp);
+    }
+
+    /// Waits for the last checkpoint to complete, then publishes it.
+    fn finish(&mut self) -> Result<(), LogError> {
+        if let Some(cp) = self.last_checkpoint.clone() {
+            loop {
+                if self.control.is_aborting() {
+                    return Ok(());
+                }
+                if self
+                    .progress
+                    .latest()
+                    .is_some_and(|d| d.through >= cp.through)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn maybe_publish(&mut self) {
+        if self.last_publish_at.elapsed() >= self.settings.commit_interval {
+            self.publish();
+        }
+    }
+
+    /// Publishes the commit state of the latest completed checkpoint.
+    fn publish(&mut self) {
+        self.last_publish_at = Instant::now();
+        let Some(done) = self.progress.latest() else {
+            return;
+        };
+        if self.last_published == Some(done.through) {
+            return;
+        }
+        if let Some(t) = &done.dead_letters
+            && t.wait(Duration::from_millis(100)).is_err()
+        {
+            return; // not durable yet (or failed): commit later, or never
+        }
+        let w = self.settings.windowing;
+        self.open.retain(|o| w.end(o.start) > done.watermark);
+        self.last_noted = None;
+        let (offset, max_ts) = self
+            .open
+            .iter()
+            .filter(|o| o.first_offset < done.through)
+            .min_by_key(|o| o.first_offset)
+            .map_or((done.through, done.max_ts), |o| {
+                (o.first_offset, o.max_ts_before)
+            });
+        let state = ReplayState {
+            max_ts,
+            emitted_through: done.watermark.max(self.restored.emitted_through),
+            processed_through: done.through,
+        };
+        self.committer
+            .publish(self.partition, offset, state.encode());
+        self.last_published = Some(done.through);
+    }
+}
+
+fn batch_with_capacity(partition: u32, events: usize) -> ShardBatch {
+    ShardBatch {
+        partition,
+        hashes: Vec::with_capacity(events),
+        ts: Vec::with_capacity(events),
+        cutoffs: Vec::with_capacity(events),
+        key_data: Vec::with_capacity(events * 8),
+        key_ends: Vec::with_capacity(events),
+        numbers: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_state_round_trips() {
+        let s = ReplayState {
+            max_ts: -5,
+            emitted_through: i64::MAX,
+            processed_through: 77,
+        };
+        assert_eq!(ReplayState::decode(&s.encode()), Some(s));
+        assert_eq!(ReplayState::decode(b"nope"), None);
+    }
+}

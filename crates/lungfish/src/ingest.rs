@@ -1,0 +1,425 @@
+//! Ingest: the one place raw input becomes events.
+//!
+//! A source cuts its input into [`RawChunk`]s of whole lines. An [`Ingestor`] parses
+//! each line once ([`crate::codec::json`]), checks it, encodes it as an event record
+//! ([`crate::event`]) into the batch of the key's partition, and keeps every line it
+//! rejects with its position and reason. [`IngestPool`] runs ingestors on worker
+//! threads (one per core), so parsing, the heaviest step of the pipeline, uses every
+//! core; results come back in the order chunks went in.
+//!
+//! Every line has a *position* that grows through the input. A source restarting after
+//! a crash passes, per partition, the position up to which that partition already holds
+//! the source's events; lines before it are not sent there again (see
+//! [`crate::sources`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use lungfish_log::BatchBuilder;
+
+use crate::codec::json::{FieldNames, JsonExtractor};
+use crate::event::{self, key_hash, partition_for};
+
+/// How the lines of a chunk are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// Position = `start` + byte offset of the line in the chunk (files).
+    Bytes {
+        /// Position of the chunk's first byte.
+        start: u64,
+    },
+    /// Position = `first` + index of the line in the chunk (the generator: sequence
+    /// numbers).
+    Lines {
+        /// Position of the chunk's first line.
+        first: u64,
+    },
+}
+
+/// A piece of input: whole lines separated by `\n`.
+#[derive(Debug, Clone)]
+pub struct RawChunk {
+    /// The bytes. Always ends at a line end (a final line may lack its `\n`).
+    pub data: Vec<u8>,
+    /// How lines are numbered.
+    pub positions: Positions,
+    /// Position just after the chunk; where the next chunk starts.
+    pub end: u64,
+    /// Where the chunk came from, for error reports (a file path, a generator name).
+    pub origin: Arc<str>,
+    /// Line number (1-based) of the chunk's first line in its origin.
+    pub first_line: u64,
+}
+
+/// A line that was not accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The line's position.
+    pub position: u64,
+    /// Where it came from: origin and line number, e.g. `events.jsonl:17`.
+    pub location: String,
+    /// A short, stable label of the kind of problem (for metrics), e.g. `wrong_type`.
+    pub kind: &'static str,
+    /// What is wrong, for people.
+    pub reason: String,
+    /// The line itself (cut to [`MAX_KEPT_PAYLOAD`] bytes).
+    pub payload: Vec<u8>,
+}
+
+/// At most this much of a rejected line is kept.
+pub const MAX_KEPT_PAYLOAD: usize = 64 * 1024;
+
+/// The result of ingesting one chunk.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// One batch per log partition (maybe empty).
+    pub batches: Vec<BatchBuilder>,
+    /// Lines that were rejected, in input order.
+    pub rejects: Vec<Rejected>,
+    /// Events accepted into `batches`.
+    pub accepted: u64,
+    /// The chunk's end position.
+    pub end: u64,
+    /// Bytes of input in the chunk.
+    pub input_bytes: u64,
+}
+
+/// Validates lines and encodes them as event records routed to partitions.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    extractor: JsonExtractor,
+    fields_id: u32,
+    partitions: u32,
+    max_event_size: usize,
+}
+
+impl Ingestor {
+    /// An ingestor extracting `fields`, for a log of `partitions` partitions, refusing
+    /// events over `max_event_size` bytes.
+    pub fn new(fields: FieldNames, partitions: u32, max_event_size: usize) -> Self {
+        let fields_id = event::fields_id(
+            &fields.key,
+            &fields.time,
+            fields.id.as_deref().unwrap_or(""),
+            &fields.numbers,
+        );
+        Ingestor {
+            extractor: JsonExtractor::new(fields),
+            fields_id,
+            partitions,
+            max_event_size,
+        }
+    }
+
+    /// The fingerprint of the field names, stored in every record.
+    pub fn fields_id(&self) -> u32 {
+        self.fields_id
+    }
+
+    /// The extractor (consumers use it to re-extract records written with other
+    /// field names).
+    pub fn extractor(&self) -> &JsonExtractor {
+        &self.extractor
+    }
+
+    /// Ingests `chunk`. A line at position `x` goes to partition `p` only if
+    /// `x >= skip[p]`, and is reported as rejected only if `x >= skip_rejects`.
+    pub fn ingest(&self, chunk: &RawChunk, skip: &[u64], skip_rejects: u64, out: &mut Ingested) {
+        let parts = self.partitions as usize;
+        if out.batches.len() != parts {
+            out.batches = (0..parts)
+                .map(|_| BatchBuilder::with_capacity(chunk.data.len() / parts + 1024))
+                .collect();
+        } else {
+            out.batches.iter_mut().for_each(BatchBuilder::clear);
+        }
+        out.rejects.clear();
+        out.accepted = 0;
+        out.end = chunk.end;
+        out.input_bytes = chunk.data.len() as u64;
+        let mut numbers = vec![0.0; self.extractor.fields().numbers.len()];
+        let data = &chunk.data[..];
+        let mut line_start = 0usize;
+        let mut index = 0u64;
+        while line_start < data.len() {
+            let line_end =
+                memchr::memchr(b'\n', &data[line_start..]).map_or(data.len(), |i| line_start + i);
+            let line = &data[line_start..line_end];
+            let position = match chunk.positions {
+                Positions::Bytes { start } => start + line_start as u64,
+                Positions::Lines { first } => first + index,
+            };
+            let line_no = chunk.first_line + index;
+            line_start = line_end + 1;
+            index += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let reject = |kind: &'static str, reason: String| Rejected {
+                position,
+                location: format!("{}:{line_no}", chunk.origin),
+                kind,
+                reason,
+                payload: line[..line.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
+            };
+            if line.len() > self.max_event_size {
+                if position >= skip_rejects {
+                    out.rejects.push(reject(
+                        "too_large",
+                        format!(
+                            "event of {} bytes exceeds max_event_size ({} bytes)",
+                            line.len(),
+                            self.max_event_size
+                        ),
+                    ));
+                }
+                continue;
+            }
+            match self.extractor.extract(line, &mut numbers) {
+                Ok(ev) => {
+                    let key = ev.key.as_bytes();
+                    let id = ev.id.as_deref().unwrap_or("").as_bytes();
+                    if key.len() > u16::MAX as usize || id.len() > u16::MAX as usize {
+                        if position >= skip_rejects {
+                            out.rejects.push(reject(
+                                "too_large",
+                                "key or id longer than 65535 bytes".to_owned(),
+                            ));
+                        }
+                        continue;
+                    }
+                    let hash = key_hash(key);
+                    let p = partition_for(hash, self.partitions) as usize;
+                    if position < skip[p] {
+                        continue;
+                    }
+                    let fields_id = self.fields_id;
+                    let ts = ev.ts;
+                    out.batches[p].push_with(|buf| {
+                        event::encode(buf, fields_id, ts, key, id, &numbers, line)
+                            .expect("lengths checked above");
+                    });
+                    out.accepted += 1;
+                }
+                Err(e) => {
+                    if position >= skip_rejects {
+                        out.rejects.push(reject(e.kind(), e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A chunk to ingest, with where to send the result.
+struct Job {
+    seq: u64,
+    chunk: RawChunk,
+    skip: Arc<[u64]>,
+    skip_rejects: u64,
+    out: Ingested,
+    reply: Sender<Done>,
+}
+
+/// A finished job: the chunk (to reuse its buffer) and the result.
+pub struct Done {
+    /// The sequence number given to [`IngestPool::submit`].
+    pub seq: u64,
+    /// The chunk, returned for buffer reuse.
+    pub chunk: RawChunk,
+    /// The result.
+    pub out: Ingested,
+}
+
+/// Worker threads running an [`Ingestor`]. Bounded: at most `2 x workers` jobs wait.
+pub struct IngestPool {
+    jobs: Sender<Job>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for IngestPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestPool")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl IngestPool {
+    /// Starts `workers` threads (at least one).
+    pub fn new(ingestor: Arc<Ingestor>, workers: usize) -> Self {
+        let workers = workers.max(1);
+        let (jobs, rx): (Sender<Job>, Receiver<Job>) = bounded(workers * 2);
+        let handles = (0..workers)
+            .map(|i| {
+                let rx = rx.clone();
+                let ingestor = ingestor.clone();
+                std::thread::Builder::new()
+                    .name(format!("lungfish-ingest-{i}"))
+                    .spawn(move || {
+                        while let Ok(mut job) = rx.recv() {
+                            ingestor.ingest(&job.chunk, &job.skip, job.skip_rejects, &mut job.out);
+                            // The submitter may have gone (shutdown); nothing to do then.
+                            let _ = job.reply.send(Done {
+                                seq: job.seq,
+                                chunk: job.chunk,
+                                out: job.out,
+                            });
+                        }
+                    })
+                    .expect("spawn ingest worker")
+            })
+            .collect();
+        IngestPool {
+            jobs,
+            workers: handles,
+        }
+    }
+
+    /// Queues a chunk; the result goes to `reply`. Blocks while the queue is full, up to
+    /// `timeout`; gives the job back if it timed out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit(
+        &self,
+        seq: u64,
+        chunk: RawChunk,
+        skip: Arc<[u64]>,
+        skip_rejects: u64,
+        out: Ingested,
+        reply: Sender<Done>,
+        timeout: Duration,
+    ) -> Result<(), Box<(RawChunk, Ingested)>> {
+        let job = Job {
+            seq,
+            chunk,
+            skip,
+            skip_rejects,
+            out,
+            reply,
+        };
+        self.jobs.send_timeout(job, timeout).map_err(|e| {
+            let job = e.into_inner();
+            Box::new((job.chunk, job.out))
+        })
+    }
+
+    /// Stops the workers after the queued jobs.
+    pub fn shutdown(self) {
+        drop(self.jobs);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventRef;
+
+    fn ingestor(partitions: u32) -> Ingestor {
+        Ingestor::new(
+            FieldNames {
+                key: "user".into(),
+                time: "ts".into(),
+                id: Some("id".into()),
+                numbers: vec!["value".into()],
+            },
+            partitions,
+            200,
+        )
+    }
+
+    fn chunk(text: &str) -> RawChunk {
+        RawChunk {
+            data: text.as_bytes().to_vec(),
+            positions: Positions::Bytes { start: 1000 },
+            end: 1000 + text.len() as u64,
+            origin: "events.jsonl".into(),
+            first_line: 10,
+        }
+    }
+
+    #[test]
+    fn good_lines_are_encoded_and_bad_lines_kept_with_reasons() {
+        let text = concat!(
+            r#"{"id":"a","user":"u1","ts":1,"value":1.5}"#,
+            "\n",
+            "not json\n",
+            "\n",
+            r#"{"id":"b","user":"u2","ts":"late","value":2}"#,
+            "\n",
+            r#"{"id":"c","ts":3,"value":2}"#,
+            "\n",
+            r#"{"id":"d","user":"u1","ts":4,"value":-1}"#,
+        );
+        let ing = ingestor(1);
+        let mut out = Ingested::default();
+        ing.ingest(&chunk(text), &[0], 0, &mut out);
+        assert_eq!(out.accepted, 2);
+        assert_eq!(out.end, 1000 + text.len() as u64);
+        let events: Vec<EventRef<'_>> = out.batches[0]
+            .records()
+            .map(|(_, r)| EventRef::decode(r).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            (events[0].key, events[0].id, events[0].ts),
+            (&b"u1"[..], &b"a"[..], 1)
+        );
+        assert_eq!(events[0].number(0), 1.5);
+        assert_eq!(events[0].fields_id, ing.fields_id());
+        assert_eq!(
+            events[1].raw,
+            br#"{"id":"d","user":"u1","ts":4,"value":-1}"#
+        );
+        let locations: Vec<_> = out
+            .rejects
+            .iter()
+            .map(|r| (r.location.as_str(), r.kind))
+            .collect();
+        assert_eq!(
+            locations,
+            vec![
+                ("events.jsonl:11", "invalid_json"),
+                ("events.jsonl:13", "wrong_type"),
+                ("events.jsonl:14", "missing_field"),
+            ]
+        );
+        assert_eq!(out.rejects[0].payload, b"not json");
+        assert!(
+            out.rejects[2].reason.contains("user"),
+            "{}",
+            out.rejects[2].reason
+        );
+    }
+
+    #[test]
+    fn oversized_lines_are_rejected() {
+        let big = format!(
+            r#"{{"user":"u","ts":1,"value":1,"pad":"{}"}}"#,
+            "x".repeat(300)
+        );
+        let mut out = Ingested::default();
+        ingestor(1).ingest(&chunk(&big), &[0], 0, &mut out);
+        assert_eq!(out.accepted, 0);
+        assert_eq!(out.rejects[0].kind, "too_large");
+    }
+
+    #[test]
+    fn skip_positions_filter_per_partition() {
+        let lines: String = (0..200)
+            .map(|i| format!("{{\"user\":\"u{i}\",\"ts\":{i},\"value\":1}}\n"))
+            .collect();
+        let ing = ingestor(2);
+        let mut all = Ingested::default();
+        ing.ingest(&chunk(&lines), &[0, 0], 0, &mut all);
+        assert_eq!(all.accepted, 200);
+        // Partition 0 already has everything; partition 1 nothing.
+        let mut half = Ingested::default();
+        ing.ingest(&chunk(&lines), &[u64::MAX, 0], 0, &mut half);
+        assert_eq!(half.batches[0].len(), 0);
+        assert_eq!(half.batches[1].len(), all.batches[1].len());
+    }
+}

@@ -1,0 +1,460 @@
+//! A pipeline: sources -> log -> consumers -> shards -> sinks, wired and run.
+//!
+//! [`Pipeline`] is built from a [`PipelineConfig`] (what a TOML file gives, or built in
+//! Rust), optionally with extra sinks, and [`Pipeline::run`] runs it on the calling
+//! thread until the input is finished and processed, or until
+//! [`Control::stop`] is called, then drains, commits and returns a [`Summary`].
+//!
+//! Threads: one per source, one ingest worker per core, one consumer per log partition,
+//! one per shard, one per sink, one committer. Every channel between them is bounded,
+//! so a slow sink slows the shards, then the consumers; the backlog waits in the log on
+//! disk, not in memory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use lungfish_log::{FsyncPolicy, Log, LogConfig};
+
+use crate::codec::json::FieldNames;
+use crate::config::{FsyncSetting, PipelineConfig, SinkConfig, SourceConfig};
+use crate::consumer::{Committer, Consumer, ConsumerSettings};
+use crate::control::Control;
+use crate::dlq::DeadLetters;
+use crate::error::Error;
+use crate::ingest::{IngestPool, Ingestor};
+use crate::shard::{Shard, ShardMsg, SinkMsg};
+use crate::sinks::file::FileSink;
+use crate::sinks::sqlite::SqliteSink;
+use crate::sinks::stdout::StdoutSink;
+use crate::sinks::{DriverSettings, Sink, SinkDriver, SinkError};
+use crate::sources::file::{FileSource, pinned_files};
+use crate::sources::generator::GeneratorSource;
+use crate::sources::{ChunkSource, SourceContext, SourceReport, run_source};
+use crate::window::{RowSchema, Windowing};
+
+/// How often consumers publish, and the committer commits, offsets.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Bytes a consumer reads from the log at a time.
+const READ_BYTES: usize = 1 << 20;
+/// Bytes of input per file-source chunk.
+const FILE_CHUNK_BYTES: usize = 1 << 20;
+/// Messages buffered per shard and per sink channel.
+const CHANNEL_MESSAGES: usize = 16;
+
+/// A sink's part of the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// The sink's name.
+    pub name: String,
+    /// Where its rows are.
+    pub description: String,
+    /// Rows it holds now, if it can tell.
+    pub stored_rows: Option<u64>,
+    /// A command that shows them.
+    pub query_hint: Option<String>,
+}
+
+/// What a run did, and the state it left.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The pipeline's name.
+    pub name: String,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// Events accepted into the log by the sources, this run.
+    pub events_in: u64,
+    /// Lines the sources rejected, this run.
+    pub rejected: u64,
+    /// Events read from the log and processed, this run.
+    pub processed: u64,
+    /// Late events sent to the dead-letter queue, this run.
+    pub late: u64,
+    /// Window rows emitted, this run.
+    pub windows: u64,
+    /// Events in the log over all runs.
+    pub log_events: u64,
+    /// Dead-letter entries over all runs, by (stage, kind).
+    pub dead_letters: BTreeMap<(String, String), u64>,
+    /// Per source.
+    pub sources: Vec<SourceReport>,
+    /// Per sink.
+    pub sinks: Vec<SinkSummary>,
+    /// The data directory (log, offsets, dead letters).
+    pub data_dir: PathBuf,
+    /// True if the whole input is in and processed; false after a stop.
+    pub complete: bool,
+}
+
+impl Summary {
+    /// Dead-letter entries of `stage`s starting with `prefix`, over all runs.
+    pub fn dead_letters_of(&self, prefix: &str) -> u64 {
+        self.dead_letters
+            .iter()
+            .filter(|((stage, _), _)| stage.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    config: PipelineConfig,
+    extra_sinks: Vec<(String, Box<dyn Sink>, DriverSettings)>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn fsync_policy(setting: FsyncSetting) -> FsyncPolicy {
+    match setting {
+        FsyncSetting::Always => FsyncPolicy::Always,
+        FsyncSetting::Every(d) => FsyncPolicy::Every(d),
+        FsyncSetting::Never => FsyncPolicy::Never,
+    }
+}
+
+/// Number of cores to use for per-core pools.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl Pipeline {
+    /// A pipeline for `config`.
+    ///
+    /// # Errors
+    /// The configuration does not validate.
+    pub fn new(config: PipelineConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Pipeline {
+            config,
+            extra_sinks: Vec::new(),
+        })
+    }
+
+    /// Adds a sink written in Rust, next to those of the configuration.
+    pub fn with_sink(mut self, name: &str, sink: Box<dyn Sink>, settings: DriverSettings) -> Self {
+        self.extra_sinks.push((name.to_owned(), sink, settings));
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Runs the pipeline on this thread until the input is finished and processed, or
+    /// `control` asks it to stop; then drains, commits and returns what it did.
+    ///
+    /// # Errors
+    /// The log or a sink cannot be opened, or a stage failed during the run (the error
+    /// says which and why). Whatever was committed before stays committed: running
+    /// again resumes from there.
+    pub fn run(self, control: Arc<Control>) -> Result<Summary, Error> {
+        let started = Instant::now();
+        let cfg = self.config;
+        let p = &cfg.pipeline;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            Error::Failed(format!("data directory {}: {e}", cfg.data_dir.display()))
+        })?;
+        let fsync = fsync_policy(cfg.log.fsync);
+        let log = Log::open(
+            cfg.data_dir.join("log"),
+            LogConfig {
+                partitions: cfg.log.partitions,
+                segment_bytes: cfg.log.segment_size,
+                fsync,
+                max_batch_bytes: cfg.log.max_batch_size as usize,
+            },
+        )?;
+        let dead_letters = DeadLetters::open(cfg.data_dir.join("dlq"), fsync)?;
+        let partitions = log.partitions();
+        let number_fields = cfg.number_fields();
+        let fields = FieldNames {
+            key: p.key.clone(),
+            time: p.time.clone(),
+            id: Some(p.id.clone()),
+            numbers: number_fields.clone(),
+        };
+        let schema = Arc::new(RowSchema::new(&p.aggregates, &number_fields));
+        let windowing = Windowing::new(&p.window);
+        let shard_count = if p.shards == 0 { cores() } else { p.shards };
+
+        // Sinks, opened before anything runs so a bad one fails fast.
+        let mut sinks: Vec<(String, Box<dyn Sink>, DriverSettings)> = Vec::new();
+        for s in &cfg.sinks {
+            let (sink, settings): (Box<dyn Sink>, DriverSettings) = match &s.config {
+                SinkConfig::Sqlite(c) => (
+                    Box::new(SqliteSink::new(c)),
+                    DriverSettings {
+                        batch_max_rows: c.batch_max_rows,
+                        batch_max_age: c.batch_max_age,
+                        ..DriverSettings::default()
+                    },
+                ),
+                SinkConfig::File(c) => (
+                    Box::new(FileSink::new(c)),
+                    DriverSettings {
+                        batch_max_rows: c.batch_max_rows,
+                        batch_max_age: c.batch_max_age,
+                        ..DriverSettings::default()
+                    },
+                ),
+                SinkConfig::Stdout => (Box::new(StdoutSink::default()), DriverSettings::default()),
+            };
+            sinks.push((s.name.clone(), sink, settings));
+        }
+        sinks.extend(self.extra_sinks);
+        for (name, sink, _) in &mut sinks {
+            sink.open(&schema).map_err(|error| Error::Sink {
+                name: name.clone(),
+                error,
+            })?;
+        }
+        let mut descriptions = Vec::new();
+        let (mut sink_txs, mut sink_threads) = (Vec::new(), Vec::new());
+        for (name, sink, settings) in sinks {
+            descriptions.push((name.clone(), sink.describe(), sink.query_hint()));
+            let (tx, rx) = bounded::<SinkMsg>(CHANNEL_MESSAGES);
+            sink_txs.push(tx);
+            let driver = SinkDriver::new(&name, sink, settings, control.clone());
+            sink_threads.push(spawn(&format!("lungfish-sink-{name}"), move || {
+                driver.run(rx)
+            }));
+        }
+        let paths = shard_count * sink_txs.len();
+
+        let (mut shard_txs, mut shard_threads) = (Vec::new(), Vec::new());
+        for s in 0..shard_count {
+            let (tx, rx) = bounded::<ShardMsg>(CHANNEL_MESSAGES);
+            shard_txs.push(tx);
+            let shard = Shard::new(
+                windowing,
+                schema.clone(),
+                partitions,
+                sink_txs.clone(),
+                control.clone(),
+            );
+            shard_threads.push(spawn(&format!("lungfish-shard-{s}"), move || shard.run(rx)));
+        }
+        drop(sink_txs);
+
+        let ingestor = Arc::new(Ingestor::new(fields, partitions, p.max_event_size as usize));
+        let committer = Arc::new(Committer::new(log.clone(), &cfg.name));
+        let mut consumer_threads = Vec::new();
+        for part in 0..partitions {
+            let settings = ConsumerSettings {
+                name: cfg.name.clone(),
+                out_of_orderness_ms: p.out_of_orderness.as_millis() as i64,
+                batch_max_events: p.batch_max_events,
+                batch_max_age: p.batch_max_age,
+                read_bytes: READ_BYTES,
+                windowing,
+                fields_id: ingestor.fields_id(),
+                extractor: ingestor.extractor().clone(),
+                paths,
+                commit_interval: COMMIT_INTERVAL,
+            };
+            let consumer = Consumer::new(
+                part,
+                log.clone(),
+                dead_letters.clone(),
+                settings,
+                shard_txs.clone(),
+                control.clone(),
+                committer.clone(),
+            )?;
+            consumer_threads.push(spawn(&format!("lungfish-consume-{part}"), move || {
+                consumer.run()
+            }));
+        }
+        drop(shard_txs);
+
+        let committer_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committer_thread = {
+            let (committer, control, done, log) = (
+                committer.clone(),
+                control.clone(),
+                committer_done.clone(),
+                log.clone(),
+            );
+            spawn("lungfish-commit", move || {
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(COMMIT_INTERVAL.min(Duration::from_millis(100)));
+                    if let Err(e) = committer.commit() {
+                        control.abort(format!("committing offsets: {e}"));
+                        return;
+                    }
+                    for part in 0..log.partitions() {
+                        if let Ok(s) = log.stats(part) {
+                            let label = part.to_string();
+                            metrics::gauge!("lungfish_log_end_offset", "partition" => label.clone())
+                                .set(s.end_offset as f64);
+                            metrics::gauge!("lungfish_log_bytes", "partition" => label)
+                                .set(s.bytes as f64);
+                        }
+                    }
+                }
+            })
+        };
+
+        // Sources.
+        let pool = Arc::new(IngestPool::new(ingestor, cores()));
+        let ctx = SourceContext {
+            log: log.clone(),
+            dead_letters: dead_letters.clone(),
+            pool: pool.clone(),
+            control: control.clone(),
+        };
+        let mut source_threads = Vec::new();
+        for s in &cfg.sources {
+            let source: Box<dyn ChunkSource> = match &s.config {
+                SourceConfig::Generator(g) => {
+                    let field_names = ingestor_fields(&cfg);
+                    Box::new(GeneratorSource::new(&s.name, g.clone(), &field_names))
+                }
+                SourceConfig::File(f) => {
+                    let files = pinned_files(&cfg.data_dir.join("sources"), &s.name, &f.paths)
+                        .map_err(|error| Error::Source {
+                            name: s.name.clone(),
+                            error: error.into(),
+                        })?;
+                    Box::new(FileSource::new(
+                        files,
+                        FILE_CHUNK_BYTES,
+                        p.max_event_size as usize,
+                    ))
+                }
+            };
+            let (name, ctx) = (s.name.clone(), ctx.clone());
+            source_threads.push((
+                s.name.clone(),
+                spawn(&format!("lungfish-source-{}", s.name), move || {
+                    run_source(&name, source, &ctx)
+                }),
+            ));
+        }
+        let mut reports = Vec::new();
+        let mut first_error: Option<Error> = None;
+        for (name, handle) in source_threads {
+            match handle.join() {
+                Ok(Ok(report)) => reports.push(report),
+                Ok(Err(error)) => {
+                    control.abort(format!("source {name}: {error}"));
+                    first_error.get_or_insert(Error::Source { name, error });
+                }
+                Err(_) => control.abort(format!("source {name} panicked")),
+            }
+        }
+        let all_finished = reports.iter().all(|r| r.finished) && first_error.is_none();
+        if all_finished && !control.is_stopping() {
+            // Everything the sources appended is durable: consumers may close all windows
+            // once they reach the end.
+            log.sync()?;
+            dead_letters.sync()?;
+            control.stats.sources_done.store(true, Ordering::SeqCst);
+        }
+        for h in consumer_threads {
+            if h.join().is_err() {
+                control.abort("a consumer panicked");
+            }
+        }
+        for h in shard_threads {
+            if h.join().is_err() {
+                control.abort("a shard panicked");
+            }
+        }
+        let mut sink_summaries = Vec::new();
+        for ((name, description, query_hint), h) in descriptions.into_iter().zip(sink_threads) {
+            let stored_rows = match h.join() {
+                Ok(Ok(mut sink)) => sink.stored_rows(),
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(Error::Sink {
+                        name: name.clone(),
+                        error,
+                    });
+                    None
+                }
+                Err(_) => {
+                    control.abort(format!("sink {name} panicked"));
+                    None
+                }
+            };
+            sink_summaries.push(SinkSummary {
+                name,
+                description,
+                stored_rows,
+                query_hint,
+            });
+        }
+        committer_done.store(true, Ordering::SeqCst);
+        let _ = committer_thread.join();
+        // Completed checkpoints are safe to commit even after a failure elsewhere.
+        let commit_result = committer.commit();
+        if let Ok(pool) = Arc::try_unwrap(pool) {
+            pool.shutdown();
+        }
+        log.close()?;
+        dead_letters.sync()?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if let Some(e) = control.error() {
+            return Err(Error::Failed(e));
+        }
+        commit_result?;
+        let stats = &control.stats;
+        let log_events = (0..partitions).map(|q| log.end_offset(q)).sum();
+        Ok(Summary {
+            name: cfg.name.clone(),
+            elapsed: started.elapsed(),
+            events_in: stats.events_in.load(Ordering::Relaxed),
+            rejected: stats.rejected.load(Ordering::Relaxed),
+            processed: stats.processed.load(Ordering::Relaxed),
+            late: stats.late.load(Ordering::Relaxed),
+            windows: stats.windows.load(Ordering::Relaxed),
+            log_events,
+            dead_letters: dead_letters.counts()?,
+            sources: reports,
+            sinks: sink_summaries,
+            data_dir: cfg.data_dir.clone(),
+            complete: all_finished
+                && stats.sources_done.load(Ordering::SeqCst)
+                && !control.is_stopping(),
+        })
+    }
+}
+
+fn ingestor_fields(cfg: &PipelineConfig) -> FieldNames {
+    FieldNames {
+        key: cfg.pipeline.key.clone(),
+        time: cfg.pipeline.time.clone(),
+        id: Some(cfg.pipeline.id.clone()),
+        numbers: cfg.number_fields(),
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(f)
+        .expect("spawning a pipeline thread")
+}
+
+impl From<SinkError> for Error {
+    fn from(error: SinkError) -> Self {
+        Error::Sink {
+            name: String::new(),
+            error,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Worker shards: threads that own window state.
+//!
+//! Every key hashes to exactly one shard ([`crate::event::shard_for`]), so a shard owns
+//! its keys' windows outright and updates them with no lock. A shard receives, from each
+//! consumer, micro-batches of events and, behind each, a [`Checkpoint`] marker. On a
+//! marker it closes the marker partition's windows that end at or before the marker's
+//! watermark, sends their rows to every sink, then sends the marker on behind them.
+//!
+//! State is kept per source partition, because each partition has its own watermark
+//! (see `consumer`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+
+use crate::checkpoint::Checkpoint;
+use crate::control::Control;
+use crate::window::{RowSchema, WindowRows, WindowTable, Windowing};
+
+/// Events of one micro-batch of one partition bound for one shard, by column.
+#[derive(Debug, Default)]
+pub struct ShardBatch {
+    /// The source partition.
+    pub partition: u32,
+    /// Key hashes ([`crate::event::key_hash`]).
+    pub hashes: Vec<u64>,
+    /// Event times.
+    pub ts: Vec<i64>,
+    /// Per event: only windows ending after this time take the event (see `consumer`).
+    pub cutoffs: Vec<i64>,
+    /// Keys, concatenated.
+    pub key_data: Vec<u8>,
+    /// End of each key in `key_data`.
+    pub key_ends: Vec<u32>,
+    /// Numbers, `number_fields` per event.
+    pub numbers: Vec<f64>,
+}
+
+impl ShardBatch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// True if there is no event.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Adds one event.
+    #[inline]
+    pub fn push(
+        &mut self,
+        hash: u64,
+        ts: i64,
+        cutoff: i64,
+        key: &[u8],
+        numbers: impl Iterator<Item = f64>,
+    ) {
+        self.hashes.push(hash);
+        self.ts.push(ts);
+        self.cutoffs.push(cutoff);
+        self.key_data.extend_from_slice(key);
+        self.key_ends.push(self.key_data.len() as u32);
+        self.numbers.extend(numbers);
+    }
+}
+
+/// What flows into a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Events to aggregate.
+    Events(ShardBatch),
+    /// A checkpoint marker behind the partition's events so far.
+    Marker(Arc<Checkpoint>),
+}
+
+/// What flows from a shard into a sink.
+#[derive(Debug, Clone)]
+pub enum SinkMsg {
+    /// Rows of closed windows.
+    Rows(Arc<WindowRows>),
+    /// A checkpoint marker behind the rows so far.
+    Marker(Arc<Checkpoint>),
+}
+
+/// Sends `msg`, waiting while the channel is full (backpressure), checking for abort
+/// every 100 ms. Returns false if the pipeline aborted or the receiver is gone.
+pub(crate) fn send_patiently<T>(tx: &Sender<T>, mut msg: T, control: &Control) -> bool {
+    loop {
+        match tx.send_timeout(msg, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Timeout(back)) => {
+                if control.is_aborting() {
+                    return false;
+                }
+                msg = back;
+            }
+            Err(SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+/// A shard's state and loop.
+pub(crate) struct Shard {
+    windowing: Windowing,
+    schema: Arc<RowSchema>,
+    number_fields: usize,
+    /// Per source partition: open windows by start.
+    windows: Vec<BTreeMap<i64, WindowTable>>,
+    sinks: Vec<Sender<SinkMsg>>,
+    control: Arc<Control>,
+}
+
+impl Shard {
+    pub fn new(
+        windowing: Windowing,
+        schema: Arc<RowSchema>,
+        partitions: u32,
+        sinks: Vec<Sender<SinkMsg>>,
+        control: Arc<Control>,
+    ) -> Self {
+        Shard {
+            windowing,
+            number_fields: schema.number_fields(),
+            schema,
+            windows: (0..partitions).map(|_| BTreeMap::new()).collect(),
+            sinks,
+            control,
+        }
+    }
+
+    /// Runs until every sender is gone or the pipeline aborts.
+    pub fn run(mut self, rx: Receiver<ShardMsg>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ShardMsg::Events(batch)) => self.add(&batch),
+                Ok(ShardMsg::Marker(cp)) => {
+                    if !self.close(&cp) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.control.is_aborting() {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn add(&mut self, batch: &ShardBatch) {
+        let windows = &mut self.windows[batch.partition as usize];
+        let n = self.number_fields;
+        let mut key_from = 0usize;
+        for i in 0..batch.len() {
+            let key_to = batch.key_ends[i] as usize;
+            let key = &batch.key_data[key_from..key_to];
+            key_from = key_to;
+            let numbers = &batch.numbers[i * n..i * n + n];
+            let hash = batch.hashes[i];
+            self.windowing
+                .for_each_open(batch.ts[i], batch.cutoffs[i], |start| {
+                    windows
+                        .entry(start)
+                        .or_insert_with(|| WindowTable::new(n))
+                        .add(hash, key, numbers.iter().copied());
+                });
+        }
+    }
+
+    /// Closes the windows the marker allows and passes rows and marker on. Returns
+    /// false if the pipeline is aborting.
+    fn close(&mut self, cp: &Arc<Checkpoint>) -> bool {
+        let windows = &mut self.windows[cp.partition as usize];
+        // Windows starting before this one end at or before the watermark.
+        let first_open = cp
+            .watermark
+            .saturating_sub(self.windowing.size_ms())
+            .saturating_add(1);
+        let open = windows.split_off(&first_open);
+        let closed = std::mem::replace(windows, open);
+        if !closed.is_empty() {
+            let mut rows = WindowRows::new(self.schema.clone());
+            for (start, table) in closed {
+                table.emit(start, self.windowing.end(start), &mut rows);
+            }
+            self.control
+                .stats
+                .windows
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            metrics::counter!("lungfish_windows_emitted_total").increment(rows.len() as u64);
+            let rows = Arc::new(rows);
+            for tx in &self.sinks {
+                if !send_patiently(tx, SinkMsg::Rows(rows.clone()), &self.control) {
+                    return false;
+                }
+            }
+        }
+        for tx in &self.sinks {
+            if !send_patiently(tx, SinkMsg::Marker(cp.clone()), &self.control) {
+                return false;
+            }
+        }
+        true
+    }
+}

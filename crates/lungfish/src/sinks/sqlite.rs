@@ -1,0 +1,279 @@
+//! The `sqlite` sink, Lungfish's embedded default.
+//!
+//! Rows go to a table keyed by `(window_start, key)` (a `WITHOUT ROWID` table, so rows
+//! are stored in key order and an upsert is one B-tree lookup). Each batch is one
+//! transaction of upserts through one prepared statement; the transaction commits with
+//! the database in WAL mode and `synchronous=FULL` by default, so a batch acknowledged
+//! is on disk. Writing the same window row again replaces it with the same values, so
+//! replaying the log after a crash changes nothing.
+//!
+//! The table is created if missing: `window_start INTEGER, window_end INTEGER,
+//! key TEXT`, then one column per aggregate (`count` INTEGER, the others REAL). An
+//! existing table must have those columns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode};
+
+use crate::config::{SqliteSinkConfig, SqliteSync};
+use crate::window::{ColumnKind, RowSchema, WindowRows};
+
+use super::{Sink, SinkError};
+
+/// Writes window rows into a SQLite table with idempotent upserts.
+#[derive(Debug)]
+pub struct SqliteSink {
+    path: PathBuf,
+    table: String,
+    synchronous: SqliteSync,
+    conn: Option<Connection>,
+    upsert: String,
+    columns: usize,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn error(context: &str, e: rusqlite::Error) -> SinkError {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+        )
+    );
+    SinkError {
+        message: format!("{context}: {e}"),
+        retryable,
+    }
+}
+
+impl SqliteSink {
+    /// A sink writing to `config.path`, table `config.table`.
+    pub fn new(config: &SqliteSinkConfig) -> Self {
+        SqliteSink {
+            path: config.path.clone(),
+            table: config.table.clone(),
+            synchronous: config.synchronous,
+            conn: None,
+            upsert: String::new(),
+            columns: 0,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, SinkError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| SinkError::permanent("the sqlite sink was not opened"))
+    }
+}
+
+impl Sink for SqliteSink {
+    fn open(&mut self, schema: &RowSchema) -> Result<(), SinkError> {
+        let where_ = format!("sqlite {}", self.path.display());
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SinkError::permanent(format!("{where_}: {e}")))?;
+        }
+        let conn = Connection::open(&self.path).map_err(|e| error(&where_, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| error(&where_, e))?;
+        let sync = match self.synchronous {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
+        ))
+        .map_err(|e| error(&where_, e))?;
+        let table = quote(&self.table);
+        let mut defs = vec![
+            "\"window_start\" INTEGER NOT NULL".to_owned(),
+            "\"window_end\" INTEGER NOT NULL".to_owned(),
+            "\"key\" TEXT NOT NULL".to_owned(),
+        ];
+        let mut names = vec![
+            "window_start".to_owned(),
+            "window_end".to_owned(),
+            "key".to_owned(),
+        ];
+        for (name, kind) in schema.columns() {
+            let ty = match kind {
+                ColumnKind::Integer => "INTEGER",
+                ColumnKind::Real => "REAL",
+            };
+            defs.push(format!("{} {ty}", quote(name)));
+            names.push(name.clone());
+        }
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY (\"window_start\", \"key\")) WITHOUT ROWID;",
+            defs.join(", ")
+        ))
+        .map_err(|e| error(&where_, e))?;
+        // An existing table must have exactly our columns.
+        let existing: Vec<String> = {
+            let mut stmt = conn
+                .prepare(&format!("PRAGMA table_info({table})"))
+                .map_err(|e| error(&where_, e))?;
+            stmt.query_map([], |r| r.get::<_, String>(1))
+                .map_err(|e| error(&where_, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| error(&where_, e))?
+        };
+        if existing
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            != names
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        {
+            return Err(SinkError::permanent(format!(
+                "{where_}: table {} exists with columns ({}), but the pipeline writes ({}); use another table or database",
+                self.table,
+                existing.join(", "),
+                names.join(", ")
+            )));
+        }
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = names
+            .iter()
+            .filter(|n| *n != "window_start" && *n != "key")
+            .map(|n| format!("{0} = excluded.{0}", quote(n)))
+            .collect();
+        self.upsert = format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT (\"window_start\", \"key\") DO UPDATE SET {}",
+            names
+                .iter()
+                .map(|n| quote(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        );
+        self.columns = schema.columns().len();
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+        let upsert = self.upsert.clone();
+        let columns = self.columns;
+        let where_ = format!("sqlite {}", self.path.display());
+        let conn = self.conn()?;
+        let tx = conn.transaction().map_err(|e| error(&where_, e))?;
+        {
+            let mut stmt = tx.prepare_cached(&upsert).map_err(|e| error(&where_, e))?;
+            for rows in batch {
+                let kinds = rows.schema().columns();
+                for i in 0..rows.len() {
+                    stmt.raw_bind_parameter(1, rows.window_start(i))
+                        .and_then(|_| stmt.raw_bind_parameter(2, rows.window_end(i)))
+                        .and_then(|_| stmt.raw_bind_parameter(3, rows.key(i)))
+                        .map_err(|e| error(&where_, e))?;
+                    for (c, (_, kind)) in kinds.iter().enumerate().take(columns) {
+                        let v = rows.value(i, c);
+                        let r = match kind {
+                            ColumnKind::Integer => stmt.raw_bind_parameter(4 + c, v as i64),
+                            ColumnKind::Real => stmt.raw_bind_parameter(4 + c, v),
+                        };
+                        r.map_err(|e| error(&where_, e))?;
+                    }
+                    stmt.raw_execute().map_err(|e| error(&where_, e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| error(&where_, e))
+    }
+
+    fn describe(&self) -> String {
+        format!("table {} in {}", self.table, self.path.display())
+    }
+
+    fn query_hint(&self) -> Option<String> {
+        Some(format!(
+            "sqlite3 {} 'SELECT * FROM {} ORDER BY window_start, key LIMIT 10'",
+            self.path.display(),
+            self.table
+        ))
+    }
+
+    fn stored_rows(&mut self) -> Option<u64> {
+        let table = quote(&self.table);
+        let conn = self.conn.as_ref()?;
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .ok()
+        .map(|n| n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AggFunc, AggregateSpec};
+
+    fn schema() -> Arc<RowSchema> {
+        let aggs = vec![
+            AggregateSpec {
+                func: AggFunc::Count,
+                field: None,
+                column: "count".into(),
+            },
+            AggregateSpec {
+                func: AggFunc::Sum,
+                field: Some("value".into()),
+                column: "sum_value".into(),
+            },
+        ];
+        Arc::new(RowSchema::new(&aggs, &["value".into()]))
+    }
+
+    #[test]
+    fn upserts_are_idempotent_and_shapes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.db");
+        let mut sink = SqliteSink::new(&SqliteSinkConfig::new(&path));
+        sink.open(&schema()).unwrap();
+        let mut rows = WindowRows::new(schema());
+        rows.push(0, 1000, "a", &[2.0, 3.5]);
+        rows.push(0, 1000, "b", &[1.0, -1.0]);
+        let rows = Arc::new(rows);
+        sink.write(std::slice::from_ref(&rows)).unwrap();
+        sink.write(&[rows.clone(), rows]).unwrap();
+        assert_eq!(sink.stored_rows(), Some(2));
+        let conn = Connection::open(&path).unwrap();
+        let (count, sum): (i64, f64) = conn
+            .query_row(
+                "SELECT count, sum_value FROM windows WHERE key = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((count, sum), (2, 3.5));
+
+        // Another pipeline shape against the same table is refused, clearly.
+        let other = Arc::new(RowSchema::new(
+            &[AggregateSpec {
+                func: AggFunc::Max,
+                field: Some("value".into()),
+                column: "max_value".into(),
+            }],
+            &["value".into()],
+        ));
+        let err = SqliteSink::new(&SqliteSinkConfig::new(&path))
+            .open(&other)
+            .unwrap_err();
+        assert!(err.message.contains("exists with columns"), "{err}");
+        assert!(!err.retryable);
+    }
+}

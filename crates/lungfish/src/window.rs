@@ -1,0 +1,424 @@
+//! Event-time windows: which windows an event belongs to, the per-key aggregate state
+//! of one window, and the rows a closed window produces.
+//!
+//! # Rules
+//!
+//! * Windows are aligned to the Unix epoch. A tumbling window of size `s` covers
+//!   `[k*s, (k+1)*s)`; a sliding window of size `s` and slide `d` covers
+//!   `[k*d, k*d + s)`, so an event belongs to `s/d` windows.
+//! * A window *closes* when the watermark reaches its end (`end <= watermark`); its rows
+//!   are then final and emitted once. The watermark of a partition is the largest event
+//!   time seen in it minus the allowed out-of-orderness (see `consumer`).
+//! * An event whose every window has closed is *late*: it is counted and sent to the
+//!   dead-letter queue with its reason, never silently dropped. With sliding windows an
+//!   event some of whose windows are still open is added to those (as Flink does).
+//! * Aggregates: `count`, and per numeric field `sum`, `min`, `max`, `mean` (sum/count).
+
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+use crate::config::{AggFunc, AggregateSpec, WindowSpec};
+
+/// Which windows an event time falls into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windowing {
+    size: i64,
+    slide: i64,
+}
+
+impl Windowing {
+    /// Windows of the given spec. Sizes are rounded to whole milliseconds, at least 1.
+    pub fn new(spec: &WindowSpec) -> Self {
+        let ms = |d: std::time::Duration| (d.as_millis() as i64).max(1);
+        match spec {
+            WindowSpec::Tumbling { size } => Windowing {
+                size: ms(*size),
+                slide: ms(*size),
+            },
+            WindowSpec::Sliding { size, slide } => Windowing {
+                size: ms(*size),
+                slide: ms(*slide),
+            },
+        }
+    }
+
+    /// Window size in milliseconds.
+    pub fn size_ms(&self) -> i64 {
+        self.size
+    }
+
+    /// Start of the latest window containing `ts`.
+    #[inline]
+    pub fn last_start(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.slide).saturating_mul(self.slide)
+    }
+
+    /// End of the latest window containing `ts`: the event is late once the watermark
+    /// reaches it.
+    #[inline]
+    pub fn last_end(&self, ts: i64) -> i64 {
+        self.last_start(ts).saturating_add(self.size)
+    }
+
+    /// End of the window starting at `start`.
+    #[inline]
+    pub fn end(&self, start: i64) -> i64 {
+        start.saturating_add(self.size)
+    }
+
+    /// Calls `f` with the start of every window containing `ts` whose end is above
+    /// `cutoff`, latest first.
+    #[inline]
+    pub fn for_each_open(&self, ts: i64, cutoff: i64, mut f: impl FnMut(i64)) {
+        let mut start = self.last_start(ts);
+        while start > ts.saturating_sub(self.size) && self.end(start) > cutoff {
+            f(start);
+            start = start.saturating_sub(self.slide);
+        }
+    }
+}
+
+/// What a row holds in a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// An integer (`count`).
+    Integer,
+    /// A floating-point number.
+    Real,
+}
+
+/// The aggregate columns of the rows a pipeline produces, after `window_start`,
+/// `window_end` and `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSchema {
+    columns: Vec<(String, ColumnKind)>,
+    /// For each column: the aggregate and the index of its number field.
+    plan: Vec<(AggFunc, usize)>,
+    number_fields: usize,
+}
+
+impl RowSchema {
+    /// The schema for `aggregates`, reading the numbers named in `number_fields` (the
+    /// order the event records carry them in).
+    ///
+    /// # Panics
+    /// If an aggregate names a field missing from `number_fields` (the config validation
+    /// guarantees it is not).
+    pub fn new(aggregates: &[AggregateSpec], number_fields: &[String]) -> Self {
+        let mut columns = Vec::with_capacity(aggregates.len());
+        let mut plan = Vec::with_capacity(aggregates.len());
+        for a in aggregates {
+            let field = a.field.as_ref().map_or(0, |f| {
+                number_fields
+                    .iter()
+                    .position(|n| n == f)
+                    .expect("aggregate field is among the number fields")
+            });
+            let kind = match a.func {
+                AggFunc::Count => ColumnKind::Integer,
+                _ => ColumnKind::Real,
+            };
+            columns.push((a.column.clone(), kind));
+            plan.push((a.func, field));
+        }
+        RowSchema {
+            columns,
+            plan,
+            number_fields: number_fields.len(),
+        }
+    }
+
+    /// Column names and kinds, in order.
+    pub fn columns(&self) -> &[(String, ColumnKind)] {
+        &self.columns
+    }
+
+    /// Number of numeric fields each event carries.
+    pub fn number_fields(&self) -> usize {
+        self.number_fields
+    }
+}
+
+/// Rows of closed windows, stored by column so a batch costs a few allocations, not one
+/// per row. Shared read-only by every sink.
+#[derive(Debug, Clone)]
+pub struct WindowRows {
+    schema: Arc<RowSchema>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    key_data: Vec<u8>,
+    key_ends: Vec<u32>,
+    values: Vec<f64>,
+}
+
+impl WindowRows {
+    /// An empty batch.
+    pub fn new(schema: Arc<RowSchema>) -> Self {
+        WindowRows {
+            schema,
+            starts: Vec::new(),
+            ends: Vec::new(),
+            key_data: Vec::new(),
+            key_ends: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// The schema of the rows.
+    pub fn schema(&self) -> &Arc<RowSchema> {
+        &self.schema
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// True if there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Start of row `i`'s window (epoch ms, inclusive).
+    pub fn window_start(&self, i: usize) -> i64 {
+        self.starts[i]
+    }
+
+    /// End of row `i`'s window (epoch ms, exclusive).
+    pub fn window_end(&self, i: usize) -> i64 {
+        self.ends[i]
+    }
+
+    /// Row `i`'s key.
+    pub fn key(&self, i: usize) -> &str {
+        let from = if i == 0 {
+            0
+        } else {
+            self.key_ends[i - 1] as usize
+        };
+        let bytes = &self.key_data[from..self.key_ends[i] as usize];
+        // Keys come from validated JSON text, so they are UTF-8.
+        std::str::from_utf8(bytes).unwrap_or("\u{fffd}")
+    }
+
+    /// Row `i`'s value in aggregate column `c` (counts are whole numbers).
+    pub fn value(&self, i: usize, c: usize) -> f64 {
+        self.values[i * self.schema.columns.len() + c]
+    }
+
+    /// Appends a row (for tests and custom operators).
+    pub fn push(&mut self, start: i64, end: i64, key: &str, values: &[f64]) {
+        assert_eq!(
+            values.len(),
+            self.schema.columns.len(),
+            "one value per column"
+        );
+        self.starts.push(start);
+        self.ends.push(end);
+        self.key_data.extend_from_slice(key.as_bytes());
+        self.key_ends.push(self.key_data.len() as u32);
+        self.values.extend_from_slice(values);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    key_at: u32,
+    key_len: u32,
+    count: u64,
+    vals_at: u32,
+}
+
+/// The aggregate state of one window: per key, the count and per number field its sum,
+/// minimum and maximum. Keys and values live in two arenas, so adding an event to an
+/// existing key allocates nothing and a new key allocates only when an arena grows.
+#[derive(Debug)]
+pub struct WindowTable {
+    table: HashTable<Slot>,
+    keys: Vec<u8>,
+    vals: Vec<f64>,
+    stride: usize,
+}
+
+impl WindowTable {
+    /// An empty window for events carrying `number_fields` numbers.
+    pub fn new(number_fields: usize) -> Self {
+        WindowTable {
+            table: HashTable::new(),
+            keys: Vec::new(),
+            vals: Vec::new(),
+            stride: number_fields * 3,
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True if no event was added.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Adds one event: `hash` is [`crate::event::key_hash`] of `key`, `numbers` its
+    /// aggregated numbers in field order.
+    #[inline]
+    pub fn add(&mut self, hash: u64, key: &[u8], numbers: impl Iterator<Item = f64>) {
+        let keys = &mut self.keys;
+        let vals = &mut self.vals;
+        let stride = self.stride;
+        let slot = match self.table.find_mut(hash, |s| {
+            s.hash == hash && &keys[s.key_at as usize..(s.key_at + s.key_len) as usize] == key
+        }) {
+            Some(slot) => slot,
+            None => {
+                let key_at = keys.len() as u32;
+                keys.extend_from_slice(key);
+                let vals_at = vals.len() as u32;
+                for _ in 0..stride / 3 {
+                    vals.extend_from_slice(&[0.0, f64::INFINITY, f64::NEG_INFINITY]);
+                }
+                self.table
+                    .insert_unique(
+                        hash,
+                        Slot {
+                            hash,
+                            key_at,
+                            key_len: key.len() as u32,
+                            count: 0,
+                            vals_at,
+                        },
+                        |s| s.hash,
+                    )
+                    .into_mut()
+            }
+        };
+        slot.count += 1;
+        let v = &mut vals[slot.vals_at as usize..slot.vals_at as usize + stride];
+        for (f, n) in numbers.enumerate() {
+            let at = f * 3;
+            v[at] += n;
+            if n < v[at + 1] {
+                v[at + 1] = n;
+            }
+            if n > v[at + 2] {
+                v[at + 2] = n;
+            }
+        }
+    }
+
+    /// Emits one row per key into `out`, keys in ascending byte order (so output is
+    /// reproducible), and consumes the window.
+    pub fn emit(self, start: i64, end: i64, out: &mut WindowRows) {
+        let schema = out.schema.clone();
+        let mut slots: Vec<Slot> = self.table.into_iter().collect();
+        let keys = &self.keys;
+        let key_of = |s: &Slot| &keys[s.key_at as usize..(s.key_at + s.key_len) as usize];
+        slots.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));
+        out.starts.reserve(slots.len());
+        out.ends.reserve(slots.len());
+        out.key_ends.reserve(slots.len());
+        out.values.reserve(slots.len() * schema.columns.len());
+        for s in &slots {
+            out.starts.push(start);
+            out.ends.push(end);
+            out.key_data.extend_from_slice(key_of(s));
+            out.key_ends.push(out.key_data.len() as u32);
+            let v = &self.vals[s.vals_at as usize..s.vals_at as usize + self.stride];
+            for &(func, field) in &schema.plan {
+                let x = match func {
+                    AggFunc::Count => s.count as f64,
+                    AggFunc::Sum => v[field * 3],
+                    AggFunc::Min => v[field * 3 + 1],
+                    AggFunc::Max => v[field * 3 + 2],
+                    AggFunc::Mean => v[field * 3] / s.count as f64,
+                };
+                out.values.push(x);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(func: AggFunc, field: Option<&str>, column: &str) -> AggregateSpec {
+        AggregateSpec {
+            func,
+            field: field.map(str::to_owned),
+            column: column.to_owned(),
+        }
+    }
+
+    #[test]
+    fn tumbling_and_sliding_assignment() {
+        let t = Windowing::new(&WindowSpec::Tumbling {
+            size: Duration::from_secs(1),
+        });
+        let mut starts = vec![];
+        t.for_each_open(2_500, i64::MIN, |s| starts.push(s));
+        assert_eq!(starts, vec![2_000]);
+        assert_eq!(t.last_end(2_500), 3_000);
+        assert_eq!(t.last_start(-1), -1_000, "negative times floor correctly");
+
+        let s = Windowing::new(&WindowSpec::Sliding {
+            size: Duration::from_secs(3),
+            slide: Duration::from_secs(1),
+        });
+        let mut starts = vec![];
+        s.for_each_open(2_500, i64::MIN, |x| starts.push(x));
+        assert_eq!(starts, vec![2_000, 1_000, 0]);
+        let mut open = vec![];
+        s.for_each_open(2_500, 3_000, |x| open.push(x));
+        assert_eq!(
+            open,
+            vec![2_000, 1_000],
+            "windows ending at or before the cutoff are skipped"
+        );
+        let mut starts = vec![];
+        s.for_each_open(3_000, i64::MIN, |x| starts.push(x));
+        assert_eq!(
+            starts,
+            vec![3_000, 2_000, 1_000],
+            "a window's end is exclusive"
+        );
+    }
+
+    #[test]
+    fn table_aggregates_per_key() {
+        let aggs = vec![
+            spec(AggFunc::Count, None, "count"),
+            spec(AggFunc::Sum, Some("v"), "sum_v"),
+            spec(AggFunc::Min, Some("v"), "min_v"),
+            spec(AggFunc::Max, Some("w"), "max_w"),
+            spec(AggFunc::Mean, Some("v"), "mean_v"),
+        ];
+        let schema = Arc::new(RowSchema::new(&aggs, &["v".into(), "w".into()]));
+        let mut t = WindowTable::new(2);
+        for (key, v, w) in [
+            ("b", 1.0, 10.0),
+            ("a", 2.0, -1.0),
+            ("b", 3.0, 5.0),
+            ("b", -4.0, 7.0),
+        ] {
+            t.add(
+                crate::event::key_hash(key.as_bytes()),
+                key.as_bytes(),
+                [v, w].into_iter(),
+            );
+        }
+        let mut rows = WindowRows::new(schema);
+        t.emit(0, 1000, &mut rows);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows.key(0), rows.key(1)), ("a", "b"));
+        let row = |i: usize| (0..5).map(|c| rows.value(i, c)).collect::<Vec<_>>();
+        assert_eq!(row(0), vec![1.0, 2.0, 2.0, -1.0, 2.0]);
+        assert_eq!(row(1), vec![3.0, 0.0, -4.0, 10.0, 0.0]);
+        assert_eq!((rows.window_start(1), rows.window_end(1)), (0, 1000));
+    }
+}
