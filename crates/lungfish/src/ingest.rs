@@ -70,11 +70,34 @@ pub struct Rejected {
 /// At most this much of a rejected line is kept.
 pub const MAX_KEPT_PAYLOAD: usize = 64 * 1024;
 
+/// The events of one chunk bound for one partition, cut into batches no larger than
+/// the log's maximum batch size.
+#[derive(Debug, Default)]
+pub struct PartitionBatches {
+    /// Full batches, in order, each with the position just after its last event: the
+    /// producer position to append it with.
+    pub sealed: Vec<(BatchBuilder, u64)>,
+    /// The last batch, appended with the chunk's end position (maybe empty).
+    pub open: BatchBuilder,
+}
+
+impl PartitionBatches {
+    /// Number of events in all batches.
+    pub fn len(&self) -> u64 {
+        self.sealed.iter().map(|(b, _)| b.len() as u64).sum::<u64>() + self.open.len() as u64
+    }
+
+    /// True if there is no event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The result of ingesting one chunk.
 #[derive(Debug, Default)]
 pub struct Ingested {
-    /// One batch per log partition (maybe empty).
-    pub batches: Vec<BatchBuilder>,
+    /// Per log partition, its batches.
+    pub batches: Vec<PartitionBatches>,
     /// Lines that were rejected, in input order.
     pub rejects: Vec<Rejected>,
     /// Events accepted into `batches`.
@@ -92,12 +115,21 @@ pub struct Ingestor {
     fields_id: u32,
     partitions: u32,
     max_event_size: usize,
+    max_batch_bytes: usize,
 }
 
+/// Framing and header bytes an event record adds to its JSON, at most.
+const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 8 + 2 + 2 + 1;
+
 impl Ingestor {
-    /// An ingestor extracting `fields`, for a log of `partitions` partitions, refusing
-    /// events over `max_event_size` bytes.
-    pub fn new(fields: FieldNames, partitions: u32, max_event_size: usize) -> Self {
+    /// An ingestor extracting `fields`, for a log of `partitions` partitions whose
+    /// batches may hold `max_batch_bytes`, refusing events over `max_event_size` bytes.
+    pub fn new(
+        fields: FieldNames,
+        partitions: u32,
+        max_event_size: usize,
+        max_batch_bytes: usize,
+    ) -> Self {
         let fields_id = event::fields_id(
             &fields.key,
             &fields.time,
@@ -109,6 +141,7 @@ impl Ingestor {
             fields_id,
             partitions,
             max_event_size,
+            max_batch_bytes,
         }
     }
 
@@ -127,13 +160,21 @@ impl Ingestor {
     /// `x >= skip[p]`, and is reported as rejected only if `x >= skip_rejects`.
     pub fn ingest(&self, chunk: &RawChunk, skip: &[u64], skip_rejects: u64, out: &mut Ingested) {
         let parts = self.partitions as usize;
+        let capacity = (chunk.data.len() * 3 / 2 / parts + 1024).min(self.max_batch_bytes);
         if out.batches.len() != parts {
             out.batches = (0..parts)
-                .map(|_| BatchBuilder::with_capacity(chunk.data.len() / parts + 1024))
+                .map(|_| PartitionBatches {
+                    sealed: Vec::new(),
+                    open: BatchBuilder::with_capacity(capacity),
+                })
                 .collect();
         } else {
-            out.batches.iter_mut().for_each(BatchBuilder::clear);
+            for b in &mut out.batches {
+                b.sealed.clear();
+                b.open.clear();
+            }
         }
+        let numbers_len = self.extractor.fields().numbers.len() * 8;
         out.rejects.clear();
         out.accepted = 0;
         out.end = chunk.end;
@@ -196,7 +237,19 @@ impl Ingestor {
                     }
                     let fields_id = self.fields_id;
                     let ts = ev.ts;
-                    out.batches[p].push_with(|buf| {
+                    let target = &mut out.batches[p];
+                    let record = RECORD_OVERHEAD + key.len() + id.len() + numbers_len + line.len();
+                    if !target.open.is_empty()
+                        && target.open.encoded_len() + record > self.max_batch_bytes
+                    {
+                        // Full: seal it; it covers the partition up to this event.
+                        let full = std::mem::replace(
+                            &mut target.open,
+                            BatchBuilder::with_capacity(capacity),
+                        );
+                        target.sealed.push((full, position));
+                    }
+                    target.open.push_with(|buf| {
                         event::encode(buf, fields_id, ts, key, id, &numbers, line)
                             .expect("lengths checked above");
                     });
@@ -328,6 +381,7 @@ mod tests {
             },
             partitions,
             200,
+            64 * 1024,
         )
     }
 
@@ -360,6 +414,7 @@ mod tests {
         assert_eq!(out.accepted, 2);
         assert_eq!(out.end, 1000 + text.len() as u64);
         let events: Vec<EventRef<'_>> = out.batches[0]
+            .open
             .records()
             .map(|(_, r)| EventRef::decode(r).unwrap())
             .collect();
@@ -421,5 +476,34 @@ mod tests {
         ing.ingest(&chunk(&lines), &[u64::MAX, 0], 0, &mut half);
         assert_eq!(half.batches[0].len(), 0);
         assert_eq!(half.batches[1].len(), all.batches[1].len());
+    }
+
+    #[test]
+    fn a_partition_gets_several_batches_when_one_would_be_too_large() {
+        let lines: String = (0..2000)
+            .map(|i| {
+                format!(
+                    "{{\"user\":\"u{i}\",\"ts\":{i},\"value\":1,\"pad\":\"{}\"}}\n",
+                    "p".repeat(100)
+                )
+            })
+            .collect();
+        let fields = ingestor(1).extractor().fields().clone();
+        let ing = Ingestor::new(fields, 1, 200, 8 * 1024);
+        let c = chunk(&lines);
+        let mut out = Ingested::default();
+        ing.ingest(&c, &[0], 0, &mut out);
+        let b = &out.batches[0];
+        assert_eq!(b.len(), 2000);
+        assert!(b.sealed.len() > 10, "{} sealed batches", b.sealed.len());
+        let mut previous = 0;
+        for (batch, seq) in &b.sealed {
+            assert!(batch.encoded_len() <= 8 * 1024);
+            assert!(*seq > previous, "positions increase");
+            // A sealed batch ends just before the line at its position.
+            assert_eq!(lines.as_bytes()[(*seq - 1000 - 1) as usize], b'\n');
+            previous = *seq;
+        }
+        assert!(c.end > previous);
     }
 }

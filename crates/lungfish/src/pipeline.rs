@@ -248,7 +248,12 @@ impl Pipeline {
         }
         drop(sink_txs);
 
-        let ingestor = Arc::new(Ingestor::new(fields, partitions, p.max_event_size as usize));
+        let ingestor = Arc::new(Ingestor::new(
+            fields,
+            partitions,
+            p.max_event_size as usize,
+            cfg.log.max_batch_size as usize,
+        ));
         let committer = Arc::new(Committer::new(log.clone(), &cfg.name));
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {

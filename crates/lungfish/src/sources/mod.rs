@@ -291,12 +291,19 @@ fn write_chunk(
         let a = ctx.dead_letters.append(&entries, producer)?;
         tickets[skip.len()] = Some(a.ticket);
     }
-    for (p, batch) in out.batches.iter_mut().enumerate() {
-        if out.end <= skip[p] {
-            continue;
+    for (p, batches) in out.batches.iter_mut().enumerate() {
+        for (batch, seq) in &mut batches.sealed {
+            if *seq > skip[p] {
+                let a = ctx
+                    .log
+                    .append(p as u32, batch, Some(Producer { id: pid, seq: *seq }))?;
+                tickets[p] = Some(a.ticket);
+            }
         }
-        let a = ctx.log.append(p as u32, batch, producer)?;
-        tickets[p] = Some(a.ticket);
+        if out.end > skip[p] {
+            let a = ctx.log.append(p as u32, &mut batches.open, producer)?;
+            tickets[p] = Some(a.ticket);
+        }
     }
     report.accepted += out.accepted;
     stats.events_in.fetch_add(out.accepted, Ordering::Relaxed);
