@@ -147,45 +147,31 @@ path = {db:?}
     )?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
-    let child = Command::new(exe)
+    let mut child = Command::new(exe)
         .args(["run", "--quiet"])
         .arg(&toml)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.expect("piped stdout");
+    let mut stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
     });
-    let (status, rusage) = wait_with_rusage(pid)?;
+    let status = child.wait()?;
     let seconds = started.elapsed().as_secs_f64();
     let out = reader.join().expect("stdout reader")?;
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+    if !status.success() {
         anyhow::bail!("the pipeline run failed (status {status}); output:\n{out}");
     }
-    // ru_maxrss is in KiB on Linux.
-    Ok((seconds, rusage.ru_maxrss as u64 * 1024, out))
-}
-
-/// Waits for child `pid` and returns its exit status and resource usage.
-fn wait_with_rusage(pid: libc::pid_t) -> anyhow::Result<(i32, libc::rusage)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain old data; all-zero is a valid value, and wait4 only
-    // writes into the two out-pointers, which point to live locals.
-    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: see above; pid is our own child, not yet waited for.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
-        if r == pid {
-            return Ok((status, rusage));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err.into());
-        }
-    }
+    // The child reports its own peak (VmHWM); rusage's ru_maxrss would include this
+    // process's memory, which Linux carries across exec.
+    let peak = out
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("peak memory"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("the run did not report its peak memory:\n{out}"))?;
+    Ok((seconds, peak * 1024 * 1024, out))
 }
 
 /// Runs the benchmark and prints the table.

@@ -158,6 +158,20 @@ fn spawn_progress(
     (bar, stop)
 }
 
+/// This process's peak resident memory in bytes (`VmHWM`), if the system tells.
+pub fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Prints the end-of-run summary: totals over all runs (from durable state) and this
 /// run's share.
 pub fn print_summary(s: &Summary, file: &Path) {
@@ -201,6 +215,9 @@ pub fn print_summary(s: &Summary, file: &Path) {
             "events/s",
             count((s.processed as f64 / secs) as u64)
         );
+    }
+    if let Some(peak) = peak_memory() {
+        println!("  {:<14} {:>10} MiB", "peak memory", peak / (1024 * 1024));
     }
     for k in &s.sinks {
         match k.stored_rows {

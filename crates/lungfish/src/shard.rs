@@ -9,7 +9,6 @@
 //! State is kept per source partition, because each partition has its own watermark
 //! (see `consumer`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -104,13 +103,34 @@ pub(crate) fn send_patiently<T>(tx: &Sender<T>, mut msg: T, control: &Control) -
     }
 }
 
+/// The window starting at `start`, created if missing; keeps `windows` sorted.
+#[inline]
+fn window_mut(
+    windows: &mut Vec<(i64, WindowTable)>,
+    start: i64,
+    numbers: usize,
+) -> &mut WindowTable {
+    // Most events fall in the newest windows: search from the end.
+    let mut at = windows.len();
+    while at > 0 && windows[at - 1].0 > start {
+        at -= 1;
+    }
+    if at == 0 || windows[at - 1].0 != start {
+        windows.insert(at, (start, WindowTable::new(numbers)));
+        return &mut windows[at].1;
+    }
+    &mut windows[at - 1].1
+}
+
 /// A shard's state and loop.
 pub(crate) struct Shard {
     windowing: Windowing,
     schema: Arc<RowSchema>,
     number_fields: usize,
-    /// Per source partition: open windows by start.
-    windows: Vec<BTreeMap<i64, WindowTable>>,
+    /// Per source partition: open windows, ascending by start. Few are open at a time
+    /// (about (out-of-orderness + size) / slide), so a short vector searched from the
+    /// newest end beats a tree.
+    windows: Vec<Vec<(i64, WindowTable)>>,
     sinks: Vec<Sender<SinkMsg>>,
     control: Arc<Control>,
 }
@@ -127,7 +147,7 @@ impl Shard {
             windowing,
             number_fields: schema.number_fields(),
             schema,
-            windows: (0..partitions).map(|_| BTreeMap::new()).collect(),
+            windows: (0..partitions).map(|_| Vec::new()).collect(),
             sinks,
             control,
         }
@@ -165,10 +185,7 @@ impl Shard {
             let hash = batch.hashes[i];
             self.windowing
                 .for_each_open(batch.ts[i], batch.cutoffs[i], |start| {
-                    windows
-                        .entry(start)
-                        .or_insert_with(|| WindowTable::new(n))
-                        .add(hash, key, numbers.iter().copied());
+                    window_mut(windows, start, n).add(hash, key, numbers.iter().copied());
                 });
         }
     }
@@ -182,8 +199,8 @@ impl Shard {
             .watermark
             .saturating_sub(self.windowing.size_ms())
             .saturating_add(1);
-        let open = windows.split_off(&first_open);
-        let closed = std::mem::replace(windows, open);
+        let n_closed = windows.partition_point(|(start, _)| *start < first_open);
+        let closed: Vec<(i64, WindowTable)> = windows.drain(..n_closed).collect();
         if !closed.is_empty() {
             let mut rows = WindowRows::new(self.schema.clone());
             for (start, table) in closed {

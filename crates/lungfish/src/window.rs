@@ -225,10 +225,21 @@ impl WindowRows {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     hash: u64,
-    key_at: u32,
+    /// The key's first 8 bytes, zero-padded: keys of up to 8 bytes compare without
+    /// touching the arena.
+    prefix: u64,
     key_len: u32,
+    key_at: u32,
     count: u64,
     vals_at: u32,
+}
+
+#[inline]
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_le_bytes(b)
 }
 
 /// The aggregate state of one window: per key, the count and per number field its sum,
@@ -270,8 +281,13 @@ impl WindowTable {
         let keys = &mut self.keys;
         let vals = &mut self.vals;
         let stride = self.stride;
+        let prefix = prefix_of(key);
+        let len = key.len() as u32;
         let slot = match self.table.find_mut(hash, |s| {
-            s.hash == hash && &keys[s.key_at as usize..(s.key_at + s.key_len) as usize] == key
+            s.hash == hash
+                && s.prefix == prefix
+                && s.key_len == len
+                && (len <= 8 || &keys[s.key_at as usize..(s.key_at + s.key_len) as usize] == key)
         }) {
             Some(slot) => slot,
             None => {
@@ -286,8 +302,9 @@ impl WindowTable {
                         hash,
                         Slot {
                             hash,
+                            prefix,
                             key_at,
-                            key_len: key.len() as u32,
+                            key_len: len,
                             count: 0,
                             vals_at,
                         },

@@ -214,7 +214,7 @@ impl ChunkSource for FileSource {
             };
             let io = |e: std::io::Error| SourceError::Io(format!("{}: {e}", cur.origin));
             let want = ((cur.len - cur.offset) as usize).min(self.chunk_bytes);
-            buf.clear();
+            // A recycled buffer keeps its length: resizing only fills what is new.
             buf.resize(want, 0);
             let mut got = 0;
             while got < want {
