@@ -16,6 +16,13 @@ pub enum FsyncPolicy {
     Never,
 }
 
+impl Default for FsyncPolicy {
+    /// `Every(10ms)`: group commit, acknowledgements within about 10 ms.
+    fn default() -> Self {
+        FsyncPolicy::Every(Duration::from_millis(10))
+    }
+}
+
 /// How a log is laid out and made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -35,7 +42,7 @@ impl Default for LogConfig {
         LogConfig {
             partitions: 4,
             segment_bytes: 128 * 1024 * 1024,
-            fsync: FsyncPolicy::Every(Duration::from_millis(10)),
+            fsync: FsyncPolicy::default(),
             max_batch_bytes: 8 * 1024 * 1024,
         }
     }

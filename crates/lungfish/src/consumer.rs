@@ -565,29 +565,39 @@ impl Consumer {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        self.publish();
-        Ok(())
+        // The last checkpoint's dead letters must be durable before it is committed.
+        loop {
+            if self.publish(Duration::from_millis(100)) || self.control.is_aborting() {
+                return Ok(());
+            }
+        }
     }
 
     fn maybe_publish(&mut self) {
         if self.last_publish_at.elapsed() >= self.settings.commit_interval {
-            self.publish();
+            self.publish(Duration::ZERO);
         }
     }
 
-    /// Publishes the commit state of the latest completed checkpoint.
-    fn publish(&mut self) {
+    /// Publishes the commit state of the latest completed checkpoint, waiting up to
+    /// `wait` for its dead letters to be durable. Returns false if it could not yet.
+    fn publish(&mut self, wait: Duration) -> bool {
         self.last_publish_at = Instant::now();
         let Some(done) = self.progress.latest() else {
-            return;
+            return true;
         };
         if self.last_published == Some(done.through) {
-            return;
+            return true;
         }
-        if let Some(t) = &done.dead_letters
-            && t.wait(Duration::from_millis(100)).is_err()
-        {
-            return; // not durable yet (or failed): commit later, or never
+        if let Some(t) = &done.dead_letters {
+            let durable = if wait.is_zero() {
+                t.is_durable()
+            } else {
+                t.wait(wait).is_ok()
+            };
+            if !durable {
+                return false; // not durable yet (or failed): commit later, or never
+            }
         }
         let w = self.settings.windowing;
         self.open.retain(|o| w.end(o.start) > done.watermark);
@@ -608,6 +618,7 @@ impl Consumer {
         self.committer
             .publish(self.partition, offset, state.encode());
         self.last_published = Some(done.through);
+        true
     }
 }
 

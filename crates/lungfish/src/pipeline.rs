@@ -18,10 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use lungfish_log::{FsyncPolicy, Log, LogConfig};
+use lungfish_log::{Log, LogConfig};
 
 use crate::codec::json::FieldNames;
-use crate::config::{FsyncSetting, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
 use crate::control::Control;
 use crate::dlq::DeadLetters;
@@ -115,14 +115,6 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-fn fsync_policy(setting: FsyncSetting) -> FsyncPolicy {
-    match setting {
-        FsyncSetting::Always => FsyncPolicy::Always,
-        FsyncSetting::Every(d) => FsyncPolicy::Every(d),
-        FsyncSetting::Never => FsyncPolicy::Never,
-    }
-}
-
 /// Number of cores to use for per-core pools.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -166,7 +158,7 @@ impl Pipeline {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             Error::Failed(format!("data directory {}: {e}", cfg.data_dir.display()))
         })?;
-        let fsync = fsync_policy(cfg.log.fsync);
+        let fsync = cfg.log.fsync;
         let log = Log::open(
             cfg.data_dir.join("log"),
             LogConfig {

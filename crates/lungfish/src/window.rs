@@ -231,7 +231,24 @@ struct Slot {
     key_len: u32,
     key_at: u32,
     count: u64,
+    /// Sum, minimum and maximum of the first number field, in the slot itself: one
+    /// cache line per key on the hot path.
+    first: [f64; 3],
+    /// Where the other number fields' sum/min/max start in the value arena.
     vals_at: u32,
+}
+
+const EMPTY_AGG: [f64; 3] = [0.0, f64::INFINITY, f64::NEG_INFINITY];
+
+#[inline]
+fn fold(agg: &mut [f64], n: f64) {
+    agg[0] += n;
+    if n < agg[1] {
+        agg[1] = n;
+    }
+    if n > agg[2] {
+        agg[2] = n;
+    }
 }
 
 #[inline]
@@ -294,8 +311,8 @@ impl WindowTable {
                 let key_at = keys.len() as u32;
                 keys.extend_from_slice(key);
                 let vals_at = vals.len() as u32;
-                for _ in 0..stride / 3 {
-                    vals.extend_from_slice(&[0.0, f64::INFINITY, f64::NEG_INFINITY]);
+                for _ in 1..stride / 3 {
+                    vals.extend_from_slice(&EMPTY_AGG);
                 }
                 self.table
                     .insert_unique(
@@ -306,6 +323,7 @@ impl WindowTable {
                             key_at,
                             key_len: len,
                             count: 0,
+                            first: EMPTY_AGG,
                             vals_at,
                         },
                         |s| s.hash,
@@ -314,16 +332,13 @@ impl WindowTable {
             }
         };
         slot.count += 1;
-        let v = &mut vals[slot.vals_at as usize..slot.vals_at as usize + stride];
+        let mut numbers = numbers;
+        if let Some(n) = numbers.next() {
+            fold(&mut slot.first, n);
+        }
+        let at = slot.vals_at as usize;
         for (f, n) in numbers.enumerate() {
-            let at = f * 3;
-            v[at] += n;
-            if n < v[at + 1] {
-                v[at + 1] = n;
-            }
-            if n > v[at + 2] {
-                v[at + 2] = n;
-            }
+            fold(&mut vals[at + f * 3..at + f * 3 + 3], n);
         }
     }
 
@@ -344,14 +359,21 @@ impl WindowTable {
             out.ends.push(end);
             out.key_data.extend_from_slice(key_of(s));
             out.key_ends.push(out.key_data.len() as u32);
-            let v = &self.vals[s.vals_at as usize..s.vals_at as usize + self.stride];
+            let arena = &self.vals[s.vals_at as usize..];
+            let agg = |field: usize| -> &[f64] {
+                if field == 0 {
+                    &s.first
+                } else {
+                    &arena[(field - 1) * 3..field * 3]
+                }
+            };
             for &(func, field) in &schema.plan {
                 let x = match func {
                     AggFunc::Count => s.count as f64,
-                    AggFunc::Sum => v[field * 3],
-                    AggFunc::Min => v[field * 3 + 1],
-                    AggFunc::Max => v[field * 3 + 2],
-                    AggFunc::Mean => v[field * 3] / s.count as f64,
+                    AggFunc::Sum => agg(field)[0],
+                    AggFunc::Min => agg(field)[1],
+                    AggFunc::Max => agg(field)[2],
+                    AggFunc::Mean => agg(field)[0] / s.count as f64,
                 };
                 out.values.push(x);
             }

@@ -247,7 +247,7 @@ pub struct LogSettings {
     /// Size at which a segment file is rolled, in bytes (>= 1MiB).
     pub segment_size: u64,
     /// When appended batches are made durable.
-    pub fsync: FsyncSetting,
+    pub fsync: FsyncPolicy,
     /// Largest single appended batch, in bytes (64KiB..=1GiB, <= `segment_size`).
     pub max_batch_size: u64,
 }
@@ -258,29 +258,15 @@ impl Default for LogSettings {
         Self {
             partitions: 4,
             segment_size: 128 << 20,
-            fsync: FsyncSetting::default(),
+            fsync: FsyncPolicy::default(),
             max_batch_size: 8 << 20,
         }
     }
 }
 
-/// When the log makes appended batches durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncSetting {
-    /// After every batch (`"always"`).
-    Always,
-    /// Group commit at most this long after a batch (`"every 10ms"`; > 0).
-    Every(Duration),
-    /// Never; leave it to the operating system (`"never"`).
-    Never,
-}
-
-impl Default for FsyncSetting {
-    /// `every 10ms`.
-    fn default() -> Self {
-        FsyncSetting::Every(Duration::from_millis(10))
-    }
-}
+/// When the log makes appended batches durable: `"always"`, `"every 10ms"` or
+/// `"never"` in a pipeline file (the log's own type).
+pub use lungfish_log::FsyncPolicy;
 
 /// How events are read, batched, windowed and aggregated (`[pipeline]`).
 #[derive(Debug, Clone, PartialEq)]

@@ -21,9 +21,9 @@ use super::suggest::closest;
 use super::units::{parse_duration, parse_size};
 use super::validate::{self, Issue};
 use super::{
-    AggregateSpec, FileSinkConfig, FileSourceConfig, FsyncSetting, GeneratorConfig,
-    KeyDistribution, LogSettings, MetricsConfig, NamedSink, NamedSource, PipelineConfig,
-    ProcessingConfig, Rate, SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WindowSpec,
+    AggregateSpec, FileSinkConfig, FileSourceConfig, FsyncPolicy, GeneratorConfig, KeyDistribution,
+    LogSettings, MetricsConfig, NamedSink, NamedSource, PipelineConfig, ProcessingConfig, Rate,
+    SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -796,18 +796,18 @@ fn as_rate(item: &Item) -> Result<Rate, String> {
     }
 }
 
-fn as_fsync(item: &Item) -> Result<FsyncSetting, String> {
+fn as_fsync(item: &Item) -> Result<FsyncPolicy, String> {
     const EXPECTED: &str =
         "expected \"always\", \"never\" or \"every <duration>\" (e.g. \"every 10ms\")";
     let text = item
         .as_str()
         .ok_or_else(|| format!("{EXPECTED}, found {}", kind(item)))?;
     match text.trim() {
-        "always" => Ok(FsyncSetting::Always),
-        "never" => Ok(FsyncSetting::Never),
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
         other => match other.strip_prefix("every") {
             Some(interval) if interval.starts_with(char::is_whitespace) => parse_duration(interval)
-                .map(FsyncSetting::Every)
+                .map(FsyncPolicy::Every)
                 .map_err(|e| e.to_string()),
             _ => Err(format!("{EXPECTED}, found \"{text}\"")),
         },

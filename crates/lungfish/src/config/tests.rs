@@ -169,7 +169,7 @@ fn full_example_parses_to_the_expected_structs() {
         LogSettings {
             partitions: 4,
             segment_size: 128 * 1024 * 1024,
-            fsync: FsyncSetting::Every(Duration::from_millis(10)),
+            fsync: FsyncPolicy::Every(Duration::from_millis(10)),
             max_batch_size: 8 * 1024 * 1024,
         }
     );
@@ -266,7 +266,7 @@ fn minimal_file_gets_the_documented_defaults() {
     assert_eq!(config.log.segment_size, 128 << 20);
     assert_eq!(
         config.log.fsync,
-        FsyncSetting::Every(Duration::from_millis(10))
+        FsyncPolicy::Every(Duration::from_millis(10))
     );
     assert_eq!(config.log.max_batch_size, 8 << 20);
 
@@ -369,7 +369,7 @@ synchronous = "normal"
         unreachable!()
     };
     assert_eq!(generator.duration, Some(Duration::from_secs(90)));
-    assert_eq!(config.log.fsync, FsyncSetting::Always);
+    assert_eq!(config.log.fsync, FsyncPolicy::Always);
     assert_eq!(config.log.segment_size, 1 << 20);
     assert_eq!(config.log.max_batch_size, 64 << 10);
     assert_eq!(config.pipeline.max_event_size, 1000);

@@ -7,7 +7,7 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggregateSpec, FsyncSetting, GeneratorConfig, LogSettings, PipelineConfig, ProcessingConfig,
+    AggregateSpec, FsyncPolicy, GeneratorConfig, LogSettings, PipelineConfig, ProcessingConfig,
     Rate, SinkConfig, SourceConfig, WindowSpec,
 };
 
@@ -167,7 +167,7 @@ fn check_log(out: &mut Issues, log: &LogSettings) {
             ),
         );
     }
-    if log.fsync == FsyncSetting::Every(Duration::ZERO) {
+    if log.fsync == FsyncPolicy::Every(Duration::ZERO) {
         out.add(
             "log.fsync",
             "the interval must be greater than 0 (use \"always\" to sync every batch)",

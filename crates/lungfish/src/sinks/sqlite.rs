@@ -89,9 +89,8 @@ impl Sink for SqliteSink {
             SqliteSync::Full => "FULL",
             SqliteSync::Normal => "NORMAL",
         };
-        // A 32 MiB page cache keeps the upper levels of the table's B-tree in memory.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA cache_size=-32768;"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
         ))
         .map_err(|e| error(&where_, e))?;
         let table = quote(&self.table);
