@@ -22,6 +22,9 @@ use lungfish_log::DurableTicket;
 pub struct Checkpoint {
     /// The log partition.
     pub partition: u32,
+    /// Increases with every checkpoint of the partition (two checkpoints may share
+    /// `through`, e.g. the last micro-batch and the end-of-input marker behind it).
+    pub seq: u64,
     /// Every record before this offset has been processed.
     pub through: u64,
     /// Windows ending at or before this time (epoch ms) are closed by this marker.
@@ -37,6 +40,8 @@ pub struct Checkpoint {
 /// What a completed checkpoint guarantees; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Completed {
+    /// The checkpoint's sequence number.
+    pub seq: u64,
     /// Every record before this offset has its effects durably written.
     pub through: u64,
     /// Every window ending at or before this time is durably in every sink.
@@ -61,8 +66,8 @@ impl PartitionProgress {
 
     fn complete(&self, done: Completed) {
         let mut latest = self.latest.lock().unwrap();
-        // Completion calls of consecutive checkpoints may race; keep the furthest.
-        if latest.as_ref().is_none_or(|l| done.through >= l.through) {
+        // Completion calls of consecutive checkpoints may race; keep the newest.
+        if latest.as_ref().is_none_or(|l| done.seq > l.seq) {
             *latest = Some(done);
         }
     }
@@ -70,8 +75,10 @@ impl PartitionProgress {
 
 impl Checkpoint {
     /// A marker that completes after `paths` acknowledgements.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         partition: u32,
+        seq: u64,
         through: u64,
         watermark: i64,
         max_ts: i64,
@@ -81,6 +88,7 @@ impl Checkpoint {
     ) -> Arc<Self> {
         let cp = Arc::new(Checkpoint {
             partition,
+            seq,
             through,
             watermark,
             max_ts,
@@ -103,6 +111,7 @@ impl Checkpoint {
 
     fn finish(&self) {
         self.progress.complete(Completed {
+            seq: self.seq,
             through: self.through,
             watermark: self.watermark,
             max_ts: self.max_ts,
@@ -118,8 +127,8 @@ mod tests {
     #[test]
     fn completes_after_every_path_and_keeps_the_latest() {
         let progress = Arc::new(PartitionProgress::default());
-        let a = Checkpoint::new(0, 10, 1000, 3000, None, 2, progress.clone());
-        let b = Checkpoint::new(0, 20, 2000, 4000, None, 2, progress.clone());
+        let a = Checkpoint::new(0, 1, 10, 1000, 3000, None, 2, progress.clone());
+        let b = Checkpoint::new(0, 2, 20, 2000, 4000, None, 2, progress.clone());
         a.ack();
         assert!(progress.latest().is_none());
         b.ack();
@@ -127,5 +136,10 @@ mod tests {
         assert_eq!(progress.latest().unwrap().through, 20);
         a.ack(); // a late completion of an older checkpoint does not move back
         assert_eq!(progress.latest().unwrap().through, 20);
+        // The end-of-input marker shares `through` with the batch before it, and still
+        // counts as newer.
+        let c = Checkpoint::new(0, 3, 20, i64::MAX, 4000, None, 1, progress.clone());
+        c.ack();
+        assert_eq!(progress.latest().unwrap().watermark, i64::MAX);
     }
 }

@@ -219,6 +219,7 @@ pub struct Consumer {
     numbers: Vec<f64>,
     processed_since_flush: u64,
     last_marker: Option<(u64, i64)>,
+    checkpoint_seq: u64,
     last_checkpoint: Option<Arc<Checkpoint>>,
     last_published: Option<u64>,
     last_publish_at: Instant,
@@ -293,6 +294,7 @@ impl Consumer {
             numbers,
             processed_since_flush: 0,
             last_marker: None,
+            checkpoint_seq: 0,
             last_checkpoint: None,
             last_published: None,
             last_publish_at: Instant::now(),
@@ -531,8 +533,10 @@ impl Consumer {
             return;
         }
         self.last_marker = Some((self.through, watermark));
+        self.checkpoint_seq += 1;
         let cp = Checkpoint::new(
             partition,
+            self.checkpoint_seq,
             self.through,
             watermark,
             self.max_ts,
@@ -555,11 +559,7 @@ impl Consumer {
                 if self.control.is_aborting() {
                     return Ok(());
                 }
-                if self
-                    .progress
-                    .latest()
-                    .is_some_and(|d| d.through >= cp.through)
-                {
+                if self.progress.latest().is_some_and(|d| d.seq >= cp.seq) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -586,7 +586,7 @@ impl Consumer {
         let Some(done) = self.progress.latest() else {
             return true;
         };
-        if self.last_published == Some(done.through) {
+        if self.last_published == Some(done.seq) {
             return true;
         }
         if let Some(t) = &done.dead_letters {
@@ -617,7 +617,7 @@ impl Consumer {
         };
         self.committer
             .publish(self.partition, offset, state.encode());
-        self.last_published = Some(done.through);
+        self.last_published = Some(done.seq);
         true
     }
 }
