@@ -291,7 +291,10 @@ address = "127.0.0.1:{port}"
     );
     for name in [
         "lungfish_events_in_total",
-        "lungfish_stage_events_in_total",
+        "lungfish_stage_events_in_total{stage=\"source\"}",
+        "lungfish_stage_events_out_total{stage=\"consumer\"}",
+        "lungfish_stage_events_out_total{stage=\"window\"}",
+        "lungfish_stage_events_out_total{stage=\"sink\"}",
         "lungfish_windows_emitted_total",
         "lungfish_log_end_offset",
         "lungfish_log_bytes",

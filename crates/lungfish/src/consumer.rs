@@ -479,8 +479,6 @@ impl Consumer {
                 continue;
             }
             let full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
-            metrics::histogram!("lungfish_batch_events", "stage" => "shard")
-                .record(full.len() as f64);
             if !send_patiently(&self.shards[s], ShardMsg::Events(full), &self.control) {
                 return;
             }
@@ -518,10 +516,8 @@ impl Consumer {
             .stats
             .processed
             .fetch_add(processed, Ordering::Relaxed);
-        metrics::counter!("lungfish_stage_events_in_total", "stage" => "consumer")
-            .increment(processed);
-        metrics::histogram!("lungfish_batch_events", "stage" => "consumer")
-            .record(processed as f64);
+        crate::telemetry::stage("consumer", processed, self.pending as u64);
+        crate::telemetry::batch_size("consumer", processed);
         let lag = self.log.end_offset(partition).saturating_sub(self.through);
         metrics::gauge!("lungfish_consumer_lag", "partition" => partition.to_string())
             .set(lag as f64);

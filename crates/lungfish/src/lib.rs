@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod shard;
 pub mod sinks;
 pub mod sources;
+pub mod telemetry;
 pub mod window;
 
 pub use config::PipelineConfig;

@@ -157,7 +157,11 @@ impl Shard {
     pub fn run(mut self, rx: Receiver<ShardMsg>) {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(ShardMsg::Events(batch)) => self.add(&batch),
+                Ok(ShardMsg::Events(batch)) => {
+                    self.add(&batch);
+                    crate::telemetry::stage("window", batch.len() as u64, 0);
+                    crate::telemetry::batch_size("window", batch.len() as u64);
+                }
                 Ok(ShardMsg::Marker(cp)) => {
                     if !self.close(&cp) {
                         return;
@@ -211,6 +215,7 @@ impl Shard {
                 .windows
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
             metrics::counter!("lungfish_windows_emitted_total").increment(rows.len() as u64);
+            crate::telemetry::stage("window", 0, rows.len() as u64);
             let rows = Arc::new(rows);
             for tx in &self.sinks {
                 if !send_patiently(tx, SinkMsg::Rows(rows.clone()), &self.control) {

@@ -169,6 +169,7 @@ impl SinkDriver {
                         continue;
                     }
                     self.first_pending.get_or_insert_with(Instant::now);
+                    crate::telemetry::stage("sink", rows.len() as u64, 0);
                     self.pending_rows += rows.len();
                     self.pending.push(rows);
                     if self.pending_rows >= self.settings.batch_max_rows {
@@ -218,8 +219,8 @@ impl SinkDriver {
                     let elapsed = started.elapsed();
                     metrics::histogram!("lungfish_sink_write_seconds", "sink" => self.name.clone())
                         .record(elapsed.as_secs_f64());
-                    metrics::histogram!("lungfish_batch_events", "stage" => "sink")
-                        .record(self.pending_rows as f64);
+                    crate::telemetry::stage("sink", 0, self.pending_rows as u64);
+                    crate::telemetry::batch_size("sink", self.pending_rows as u64);
                     metrics::counter!("lungfish_sink_rows_total", "sink" => self.name.clone())
                         .increment(self.pending_rows as u64);
                     break;

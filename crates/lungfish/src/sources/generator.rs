@@ -245,6 +245,9 @@ pub struct GeneratorSource {
     origin: Arc<str>,
     next: u64,
     count: Option<u64>,
+    duration: Option<std::time::Duration>,
+    /// When this run's `duration` ends; set by the first chunk.
+    deadline: Option<std::time::Instant>,
     chunk_events: u64,
 }
 
@@ -259,6 +262,8 @@ impl GeneratorSource {
         GeneratorSource {
             origin: format!("generator {name}").into(),
             count: config.count,
+            duration: config.duration,
+            deadline: None,
             writer: EventWriter::new(name, config, fields),
             next: 0,
             chunk_events,
@@ -273,6 +278,15 @@ impl ChunkSource for GeneratorSource {
     }
 
     fn next_chunk(&mut self, mut buf: Vec<u8>) -> Result<Option<RawChunk>, SourceError> {
+        if let Some(d) = self.duration {
+            // A duration bounds each run's wall-clock time.
+            let deadline = *self
+                .deadline
+                .get_or_insert_with(|| std::time::Instant::now() + d);
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
         let end = match self.count {
             Some(c) => c.min(self.next + self.chunk_events),
             None => self.next + self.chunk_events,
@@ -407,6 +421,32 @@ mod tests {
         let p2 = counts[2] as f64 / n as f64;
         assert!((p1 - 0.1928).abs() < 0.005, "p1 = {p1}");
         assert!((p2 - 0.0964).abs() < 0.004, "p2 = {p2}");
+    }
+
+    #[test]
+    fn a_duration_ends_the_input() {
+        let config = GeneratorConfig {
+            count: None,
+            duration: Some(Duration::from_millis(300)),
+            rate: Rate::PerSecond(10_000),
+            ..GeneratorConfig::default()
+        };
+        let mut g = GeneratorSource::new("g", config, &fields());
+        let started = std::time::Instant::now();
+        let mut chunks = 0;
+        while g.next_chunk(Vec::new()).unwrap().is_some() {
+            chunks += 1;
+            std::thread::sleep(Duration::from_millis(10));
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the duration must end the input"
+            );
+        }
+        assert!(
+            chunks >= 10,
+            "it produced until the deadline ({chunks} chunks)"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 
     #[test]

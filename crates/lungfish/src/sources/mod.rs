@@ -260,6 +260,7 @@ fn write_chunk(
     tickets: &mut [Option<DurableTicket>],
     report: &mut SourceReport,
 ) -> Result<(), LogError> {
+    let rejected_lines = out.rejects.len() as u64;
     let producer = Some(Producer {
         id: pid,
         seq: out.end,
@@ -305,6 +306,8 @@ fn write_chunk(
             tickets[p] = Some(a.ticket);
         }
     }
+    crate::telemetry::stage("source", out.accepted + rejected_lines, out.accepted);
+    crate::telemetry::batch_size("source", out.accepted + rejected_lines);
     report.accepted += out.accepted;
     stats.events_in.fetch_add(out.accepted, Ordering::Relaxed);
     metrics::counter!("lungfish_events_in_total", "source" => report.name.clone())

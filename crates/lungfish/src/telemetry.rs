@@ -1,0 +1,37 @@
+//! Metric names and the helpers stages report through, once per batch.
+//!
+//! Every name starts with `lungfish_`; labels are bounded (stage, source and sink names,
+//! partition numbers, reject kinds). The binary exports them as Prometheus text.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `lungfish_stage_events_in_total` | counter | `stage` | events (rows, for `sink`) a stage received |
+//! | `lungfish_stage_events_out_total` | counter | `stage` | events (rows) it passed on |
+//! | `lungfish_events_in_total` | counter | `source` | events a source appended to the log |
+//! | `lungfish_events_rejected_total` | counter | `stage`, `kind` | lines rejected into the dead-letter queue |
+//! | `lungfish_source_bytes_total` | counter | `source` | input bytes read |
+//! | `lungfish_batch_events` | histogram | `stage` | events (rows) per batch |
+//! | `lungfish_log_end_offset` | gauge | `partition` | durable end of each log partition |
+//! | `lungfish_log_bytes` | gauge | `partition` | bytes of each log partition |
+//! | `lungfish_consumer_offset` | gauge | `partition` | next offset the consumer reads |
+//! | `lungfish_consumer_lag` | gauge | `partition` | records between the consumer and the log's end |
+//! | `lungfish_late_events_total` | counter | | late events sent to the dead-letter queue |
+//! | `lungfish_windows_emitted_total` | counter | | window rows emitted by shards |
+//! | `lungfish_sink_write_seconds` | histogram | `sink` | duration of one sink batch write |
+//! | `lungfish_sink_rows_total` | counter | `sink` | rows durably written |
+//! | `lungfish_sink_errors_total` | counter | `sink` | failed write attempts |
+//!
+//! Stages: `source` (lines in, events appended out), `consumer` (records read in,
+//! events routed to shards out; the difference is late or skipped events), `window`
+//! (events aggregated in, rows emitted out), `sink` (rows received in, rows written out).
+
+/// Counts events through `stage`: `events_in` received, `events_out` passed on.
+pub fn stage(stage: &'static str, events_in: u64, events_out: u64) {
+    metrics::counter!("lungfish_stage_events_in_total", "stage" => stage).increment(events_in);
+    metrics::counter!("lungfish_stage_events_out_total", "stage" => stage).increment(events_out);
+}
+
+/// Records the size of one batch handled by `stage`.
+pub fn batch_size(stage: &'static str, events: u64) {
+    metrics::histogram!("lungfish_batch_events", "stage" => stage).record(events as f64);
+}
