@@ -267,7 +267,10 @@ impl PartitionReader {
         let available = (end - cursor.pos) as usize;
         let mut want = available.min(max_bytes);
         loop {
-            self.buf.resize(want, 0);
+            // Only ever grow: zero-filling a buffer on every read costs more than the read.
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
             cursor
                 .file
                 .read_exact_at(&mut self.buf[..want], cursor.pos)

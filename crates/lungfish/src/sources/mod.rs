@@ -175,10 +175,14 @@ pub fn run_source(
             match source.next_chunk(buf)? {
                 None => eof = true,
                 Some(chunk) => {
-                    if let crate::ingest::Positions::Lines { first } = chunk.positions {
-                        produced_lines += chunk.end - first;
-                    } else {
-                        produced_lines += memchr::memchr_iter(b'\n', &chunk.data).count() as u64;
+                    // Lines are counted only to pace a rate-limited source.
+                    if rate.is_some() {
+                        produced_lines += match chunk.positions {
+                            crate::ingest::Positions::Lines { first } => chunk.end - first,
+                            crate::ingest::Positions::Bytes { .. } => {
+                                memchr::memchr_iter(b'\n', &chunk.data).count() as u64
+                            }
+                        };
                     }
                     let mut job = Some((chunk, spare_outs.pop().unwrap_or_default()));
                     while let Some((chunk, out)) = job.take() {
