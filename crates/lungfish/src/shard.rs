@@ -178,7 +178,7 @@ impl Shard {
     }
 
     fn add(&mut self, batch: &ShardBatch) {
-        /// How many events ahead a slot is touched: enough to overlap a few misses.
+        /// How many events ahead a slot is prefetched: enough to overlap a few misses.
         const AHEAD: usize = 8;
         let windows = &mut self.windows[batch.partition as usize];
         let n = self.number_fields;
@@ -187,7 +187,7 @@ impl Shard {
             if let Some(&ts) = batch.ts.get(i + AHEAD) {
                 let start = self.windowing.last_start(ts);
                 if let Some((_, table)) = windows.iter().rev().find(|(s, _)| *s == start) {
-                    std::hint::black_box(table.touch(batch.hashes[i + AHEAD]));
+                    table.prefetch(batch.hashes[i + AHEAD]);
                 }
             }
             let key_to = batch.key_ends[i] as usize;

@@ -263,7 +263,7 @@ fn prefix_of(key: &[u8]) -> u64 {
 /// An open-addressing table with linear probing over 64-byte slots (one cache line
 /// each), at most 70% full. Keys live in an arena, the sums of the second and later
 /// number fields in another, so adding an event to a known key allocates nothing. The
-/// slot of a key is found from its hash alone, which lets a caller [`touch`](Self::touch)
+/// slot of a key is found from its hash alone, which lets a caller [`prefetch`](Self::prefetch)
 /// the slot of an event ahead of time, so memory latency overlaps with other work.
 #[derive(Debug)]
 pub struct WindowTable {
@@ -306,12 +306,12 @@ impl WindowTable {
         self.len == 0
     }
 
-    /// Reads the first slot `hash` would probe and returns a value derived from it. Call
-    /// it for an event a few positions ahead (and pass the result to
-    /// [`std::hint::black_box`]): the load starts the cache miss early.
+    /// Asks the CPU to start loading the first slot `hash` would probe, so that a later
+    /// [`add`](Self::add) of that key finds it in cache. Call it for an event a few
+    /// positions ahead. Has no effect other than on timing.
     #[inline]
-    pub fn touch(&self, hash: u64) -> u64 {
-        self.slots[hash as usize & (self.slots.len() - 1)].hash
+    pub fn prefetch(&self, hash: u64) {
+        crate::prefetch::read(&self.slots[hash as usize & (self.slots.len() - 1)]);
     }
 
     /// Adds one event: `hash` is [`crate::event::key_hash`] of `key`, `numbers` its
