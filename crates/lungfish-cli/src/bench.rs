@@ -20,8 +20,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lungfish::codec::json::JsonExtractor;
 use lungfish::pipeline::cores;
 
-use crate::generate::{self, default_fields};
+use crate::generate;
 use crate::run::count;
+use lungfish::codec::json::FieldNames;
 
 /// Arguments of `lungfish bench`.
 #[derive(Debug, clap::Args)]
@@ -85,7 +86,7 @@ fn parse_only(data: &[u8], threads: usize) -> (f64, u64) {
         parts.push(&data[start..end]);
         start = end;
     }
-    let extractor = JsonExtractor::new(default_fields());
+    let extractor = JsonExtractor::new(FieldNames::default());
     let started = Instant::now();
     let ok: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = parts

@@ -66,19 +66,9 @@ impl Args {
     }
 }
 
-/// The default event fields: `user` key, `ts` time, `id`, one number `value`.
-pub fn default_fields() -> FieldNames {
-    FieldNames {
-        key: "user".into(),
-        time: "ts".into(),
-        id: Some("id".into()),
-        numbers: vec!["value".into()],
-    }
-}
-
 /// Writes the events to `out`.
 pub fn write_events(args: &Args, out: &mut dyn Write) -> std::io::Result<()> {
-    let writer = EventWriter::new(&args.name, args.config(), &default_fields());
+    let writer = EventWriter::new(&args.name, args.config(), &FieldNames::default());
     let mut buf = Vec::with_capacity(1 << 20);
     for i in 0..args.count {
         writer.write(i, &mut buf);

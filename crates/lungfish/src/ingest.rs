@@ -372,17 +372,7 @@ mod tests {
     use crate::event::EventRef;
 
     fn ingestor(partitions: u32) -> Ingestor {
-        Ingestor::new(
-            FieldNames {
-                key: "user".into(),
-                time: "ts".into(),
-                id: Some("id".into()),
-                numbers: vec!["value".into()],
-            },
-            partitions,
-            200,
-            64 * 1024,
-        )
+        Ingestor::new(FieldNames::default(), partitions, 200, 64 * 1024)
     }
 
     fn chunk(text: &str) -> RawChunk {

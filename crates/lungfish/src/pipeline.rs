@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use lungfish_log::{Log, LogConfig};
 
-use crate::codec::json::FieldNames;
 use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
 use crate::control::Control;
@@ -171,12 +170,7 @@ impl Pipeline {
         let dead_letters = DeadLetters::open(cfg.data_dir.join("dlq"), fsync)?;
         let partitions = log.partitions();
         let number_fields = cfg.number_fields();
-        let fields = FieldNames {
-            key: p.key.clone(),
-            time: p.time.clone(),
-            id: Some(p.id.clone()),
-            numbers: number_fields.clone(),
-        };
+        let fields = cfg.field_names();
         let schema = Arc::new(RowSchema::new(&p.aggregates, &number_fields));
         let windowing = Windowing::new(&p.window);
         let shard_count = if p.shards == 0 { cores() } else { p.shards };
@@ -316,7 +310,7 @@ impl Pipeline {
         for s in &cfg.sources {
             let source: Box<dyn ChunkSource> = match &s.config {
                 SourceConfig::Generator(g) => {
-                    let field_names = ingestor_fields(&cfg);
+                    let field_names = cfg.field_names();
                     Box::new(GeneratorSource::new(&s.name, g.clone(), &field_names))
                 }
                 SourceConfig::File(f) => {
@@ -428,15 +422,6 @@ impl Pipeline {
                 && stats.sources_done.load(Ordering::SeqCst)
                 && !control.is_stopping(),
         })
-    }
-}
-
-fn ingestor_fields(cfg: &PipelineConfig) -> FieldNames {
-    FieldNames {
-        key: cfg.pipeline.key.clone(),
-        time: cfg.pipeline.time.clone(),
-        id: Some(cfg.pipeline.id.clone()),
-        numbers: cfg.number_fields(),
     }
 }
 

@@ -429,11 +429,7 @@ mod tests {
     use std::time::Duration;
 
     fn spec(func: AggFunc, field: Option<&str>, column: &str) -> AggregateSpec {
-        AggregateSpec {
-            func,
-            field: field.map(str::to_owned),
-            column: column.to_owned(),
-        }
+        AggregateSpec::new(func, field).named(column)
     }
 
     #[test]

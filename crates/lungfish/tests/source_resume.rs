@@ -23,12 +23,7 @@ use lungfish_log::{FsyncPolicy, Log, LogConfig};
 const PARTITIONS: u32 = 3;
 
 fn fields() -> FieldNames {
-    FieldNames {
-        key: "user".into(),
-        time: "ts".into(),
-        id: Some("id".into()),
-        numbers: vec!["value".into()],
-    }
+    FieldNames::default()
 }
 
 fn gen_config() -> GeneratorConfig {

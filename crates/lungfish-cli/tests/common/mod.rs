@@ -95,12 +95,7 @@ pub fn read_table(db: &Path) -> Rows {
 
 /// The default event fields.
 pub fn fields() -> FieldNames {
-    FieldNames {
-        key: "user".into(),
-        time: "ts".into(),
-        id: Some("id".into()),
-        numbers: vec!["value".into()],
-    }
+    FieldNames::default()
 }
 
 /// What a batch computation of the windows gives.

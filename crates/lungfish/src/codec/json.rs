@@ -60,6 +60,19 @@ pub struct FieldNames {
     pub numbers: Vec<String>,
 }
 
+impl Default for FieldNames {
+    /// The conventional event shape of the examples and tests:
+    /// `{"id": "...", "user": "...", "ts": <epoch ms>, "value": <number>}`.
+    fn default() -> Self {
+        FieldNames {
+            key: "user".into(),
+            time: "ts".into(),
+            id: Some("id".into()),
+            numbers: vec!["value".into()],
+        }
+    }
+}
+
 /// Compiled, reusable extractor for one [`FieldNames`] configuration.
 ///
 /// Cheap to clone (the compiled form is shared behind an `Arc`), `Send + Sync`, and

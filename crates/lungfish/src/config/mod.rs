@@ -105,6 +105,16 @@ impl PipelineConfig {
         }
     }
 
+    /// The fields every event must carry, as the ingest extractor wants them.
+    pub fn field_names(&self) -> crate::codec::json::FieldNames {
+        crate::codec::json::FieldNames {
+            key: self.pipeline.key.clone(),
+            time: self.pipeline.time.clone(),
+            id: Some(self.pipeline.id.clone()),
+            numbers: self.number_fields(),
+        }
+    }
+
     /// The distinct numeric fields the aggregates read, in first-use order (e.g.
     /// `["value"]`); see [`ProcessingConfig::number_fields`].
     pub fn number_fields(&self) -> Vec<String> {

@@ -331,12 +331,7 @@ mod tests {
     use std::time::Duration;
 
     fn fields() -> FieldNames {
-        FieldNames {
-            key: "user".into(),
-            time: "ts".into(),
-            id: Some("id".into()),
-            numbers: vec!["value".into()],
-        }
+        FieldNames::default()
     }
 
     fn config() -> GeneratorConfig {
