@@ -23,6 +23,34 @@ impl Default for FsyncPolicy {
     }
 }
 
+/// What a partition does when it reaches [`Retention::max_bytes`] and no segment can be
+/// deleted without losing data some consumer has not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Appends fail with [`LogError::Full`](crate::LogError::Full) until consumers
+    /// catch up and retention frees space: nothing is lost, the writer is pushed back.
+    #[default]
+    Refuse,
+    /// The oldest segments are deleted anyway; each consumer that had not read them is
+    /// named in a warning and counted in the report. Writers are never refused.
+    DeleteOldest,
+}
+
+/// When whole segments are deleted. A segment is only deleted once every consumer with
+/// committed offsets has read past it, except when `max_bytes` is reached with
+/// [`WhenFull::DeleteOldest`]. The active (last) segment is never deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep at most about this many bytes per partition (of consumed segments).
+    pub target_bytes: Option<u64>,
+    /// Delete consumed segments whose data is older than this.
+    pub max_age: Option<Duration>,
+    /// A partition never holds more than this; see [`WhenFull`].
+    pub max_bytes: Option<u64>,
+    /// What happens at `max_bytes`.
+    pub when_full: WhenFull,
+}
+
 /// How a log is laid out and made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -35,6 +63,8 @@ pub struct LogConfig {
     /// The largest batch frame accepted, header included. Bounds what a reader or
     /// recovery ever holds in memory for one batch.
     pub max_batch_bytes: usize,
+    /// When old segments are deleted.
+    pub retention: Retention,
 }
 
 impl Default for LogConfig {
@@ -44,6 +74,7 @@ impl Default for LogConfig {
             segment_bytes: 128 * 1024 * 1024,
             fsync: FsyncPolicy::default(),
             max_batch_bytes: 8 * 1024 * 1024,
+            retention: Retention::default(),
         }
     }
 }
@@ -67,6 +98,14 @@ impl LogConfig {
             return fail(format!(
                 "segment_bytes ({}) must be at least max_batch_bytes ({})",
                 self.segment_bytes, self.max_batch_bytes
+            ));
+        }
+        if let Some(max) = self.retention.max_bytes
+            && max < 2 * self.segment_bytes
+        {
+            return fail(format!(
+                "retention max_bytes ({max}) must be at least two segments ({} bytes)",
+                2 * self.segment_bytes
             ));
         }
         if let FsyncPolicy::Every(d) = self.fsync

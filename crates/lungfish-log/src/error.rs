@@ -53,6 +53,22 @@ pub enum LogError {
         /// The configured maximum.
         max: usize,
     },
+    /// The partition reached its size limit ([`crate::Retention::max_bytes`]) and no
+    /// segment can be deleted without losing unread data: try again after consumers
+    /// catch up. Nothing was written.
+    #[error(
+        "partition {partition} is full: {bytes} bytes of at most {limit}; waiting for consumers {lagging:?} to catch up"
+    )]
+    Full {
+        /// The partition.
+        partition: u32,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+        /// Consumers that have not read the oldest segment.
+        lagging: Vec<String>,
+    },
     /// A commit tried to move a consumer's offset backwards.
     #[error(
         "consumer {consumer:?} partition {partition}: offset {attempted} is behind the committed offset {committed}; offsets never go backwards (use reset to replay)"
@@ -138,6 +154,19 @@ impl LogError {
     /// turn into "try again later" rather than a crash.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, LogError::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+
+    /// True if retrying the same call later may succeed: the disk or the partition was
+    /// full, a wait timed out, or a write failed and the partition heals on the next
+    /// append.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LogError::Full { .. }
+                | LogError::Timeout(_)
+                | LogError::Poisoned { .. }
+                | LogError::Io { .. }
+        )
     }
 }
 

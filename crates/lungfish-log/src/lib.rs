@@ -115,14 +115,15 @@ mod log;
 mod offsets;
 mod partition;
 mod reader;
+mod recovery_point;
 mod segment;
 mod storage;
 
-pub use config::{FsyncPolicy, LogConfig};
+pub use config::{FsyncPolicy, LogConfig, Retention, WhenFull};
 pub use error::{LogError, Result};
 pub use format::{BatchBuilder, BatchHeader, BatchView, Producer, Records};
 pub use log::{Log, PartitionStats};
 pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
-pub use partition::{Appended, DurableTicket, RecoveryReport};
+pub use partition::{Appended, DurableTicket, RecoveryReport, RetentionReport};
 pub use reader::{Chunk, PartitionReader};
 pub use storage::{FsStorage, ReadFile, Storage, WriteFile};

@@ -1,20 +1,22 @@
 //! The [`Log`] handle: opens the partitions, runs the flusher, owns the offsets.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{FsyncPolicy, LogConfig};
 use crate::format::{BatchBuilder, Producer};
 use crate::offsets::{ConsumerOffsets, OffsetCommit, OffsetStore};
-use crate::partition::{Appended, Partition, RecoveryReport};
+use crate::partition::{Appended, Partition, RecoveryReport, RetentionReport, lock};
 use crate::reader::PartitionReader;
 use crate::segment::partition_dir;
 use crate::storage::{FsStorage, Storage, write_file_atomic};
 use crate::{LogError, Result};
 
 const META_FILE: &str = "meta";
+/// How often retention runs in the background.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A partitioned, durable, append-only log. Cheap to clone; all clones share the log.
 /// The flusher stops and a final fsync runs when the last clone is dropped or
@@ -30,7 +32,7 @@ struct Inner {
     config: LogConfig,
     storage: Arc<dyn Storage>,
     partitions: Vec<Arc<Partition>>,
-    offsets: Mutex<OffsetStore>,
+    offsets: Arc<Mutex<OffsetStore>>,
     flush: Arc<FlushControl>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -124,18 +126,21 @@ impl Log {
         }
         let offsets = OffsetStore::open(&*storage, dir.join("consumers"), config.partitions)?;
         let flush = Arc::new(FlushControl::default());
-        let flusher = match config.fsync {
-            FsyncPolicy::Never => None,
-            policy => {
-                let parts = partitions.clone();
-                let control = flush.clone();
-                Some(
-                    std::thread::Builder::new()
-                        .name("lungfish-log-flush".into())
-                        .spawn(move || run_flusher(policy, &parts, &control))
-                        .map_err(|e| LogError::io("spawn flusher thread", &dir, e))?,
-                )
-            }
+        let offsets = Arc::new(Mutex::new(offsets));
+        let flusher = {
+            let (parts, control, offsets, storage) = (
+                partitions.clone(),
+                flush.clone(),
+                offsets.clone(),
+                storage.clone(),
+            );
+            let policy = config.fsync;
+            Some(
+                std::thread::Builder::new()
+                    .name("lungfish-log-flush".into())
+                    .spawn(move || run_background(policy, &parts, &control, &offsets, &*storage))
+                    .map_err(|e| LogError::io("spawn flusher thread", &dir, e))?,
+            )
         };
         Ok(Log {
             inner: Arc::new(Inner {
@@ -143,7 +148,7 @@ impl Log {
                 config,
                 storage,
                 partitions,
-                offsets: Mutex::new(offsets),
+                offsets,
                 flush,
                 flusher: Mutex::new(flusher),
             }),
@@ -203,9 +208,50 @@ impl Log {
         batch: &mut BatchBuilder,
         producer: Option<Producer>,
     ) -> Result<Appended> {
-        let appended = self.part(partition)?.append(batch, producer, now_ms())?;
+        let appended = match self.part(partition)?.append(batch, producer, now_ms()) {
+            Ok(a) => a,
+            Err(LogError::Full {
+                partition,
+                bytes,
+                limit,
+                ..
+            }) => {
+                // Name the consumers holding the oldest segment, so the error says who to
+                // wait for.
+                let second = self
+                    .part(partition)?
+                    .segments()
+                    .get(1)
+                    .map_or(u64::MAX, |s| s.base);
+                let lagging = consumer_positions(
+                    &self.inner.offsets,
+                    &*self.inner.storage,
+                    self.inner.partitions.len(),
+                )
+                .map(|per| {
+                    per[partition as usize]
+                        .iter()
+                        .filter(|(_, o)| *o < second)
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+                return Err(LogError::Full {
+                    partition,
+                    bytes,
+                    limit,
+                    lagging,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if self.inner.config.fsync == FsyncPolicy::Always && !appended.duplicate {
-            let mut s = self.inner.flush.state.lock().unwrap();
+            let mut s = self
+                .inner
+                .flush
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             s.dirty = true;
             drop(s);
             self.inner.flush.cond.notify_one();
@@ -243,10 +289,7 @@ impl Log {
         let p = self.part(partition)?;
         let segments = p.segments();
         let mark = p.durable_mark();
-        let bytes = segments
-            .iter()
-            .map(|s| s.sealed_len.unwrap_or(mark.position))
-            .sum();
+        let bytes = p.total_bytes();
         Ok(PartitionStats {
             partition,
             start_offset: segments.first().map_or(0, |s| s.base),
@@ -255,6 +298,30 @@ impl Log {
             segments: segments.len(),
             bytes,
         })
+    }
+
+    /// Deletes old segments as [`LogConfig::retention`] allows, now. (A background
+    /// thread also does this every second.)
+    ///
+    /// # Errors
+    /// A segment could not be removed, or the consumers' offsets could not be read.
+    pub fn apply_retention(&self) -> Result<Vec<RetentionReport>> {
+        retention(
+            &self.inner.partitions,
+            &self.inner.offsets,
+            &*self.inner.storage,
+            now_ms(),
+        )
+    }
+
+    /// The offset of the first record of `partition` appended at or after `time_ms`
+    /// (milliseconds since the Unix epoch); the end offset if none was. For replaying
+    /// from a point in time with [`reset_offsets`](Self::reset_offsets).
+    ///
+    /// # Errors
+    /// [`LogError::NoSuchPartition`], or a segment cannot be read.
+    pub fn offset_for_time(&self, partition: u32, time_ms: i64) -> Result<u64> {
+        self.part(partition)?.offset_for_time(time_ms)
     }
 
     /// Makes everything appended so far durable now, whatever the policy.
@@ -279,13 +346,11 @@ impl Log {
     /// On error nothing is changed.
     pub fn commit(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
         let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
-        self.inner.offsets.lock().unwrap().commit(
-            &*self.inner.storage,
-            consumer,
-            entries,
-            &ends,
-            true,
-        )
+        self.inner
+            .offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .commit(&*self.inner.storage, consumer, entries, &ends, true)
     }
 
     /// Moves `consumer`'s offsets anywhere, backwards included (for replay). Offsets
@@ -295,13 +360,11 @@ impl Log {
     /// As [`commit`](Self::commit), without the backwards check.
     pub fn reset_offsets(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
         let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
-        self.inner.offsets.lock().unwrap().commit(
-            &*self.inner.storage,
-            consumer,
-            entries,
-            &ends,
-            false,
-        )
+        self.inner
+            .offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .commit(&*self.inner.storage, consumer, entries, &ends, false)
     }
 
     /// `consumer`'s committed offsets, per partition (`None` where it never committed).
@@ -337,6 +400,11 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         self.inner.stop_flusher();
         let result = self.sync();
+        if result.is_ok() && self.inner.config.fsync != FsyncPolicy::Never {
+            for p in &self.inner.partitions {
+                p.write_recovery_point();
+            }
+        }
         for p in &self.inner.partitions {
             p.close();
         }
@@ -346,9 +414,18 @@ impl Log {
 
 impl Inner {
     fn stop_flusher(&self) {
-        self.flush.state.lock().unwrap().stop = true;
+        self.flush
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
         self.flush.cond.notify_all();
-        if let Some(handle) = self.flusher.lock().unwrap().take() {
+        if let Some(handle) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = handle.join();
         }
     }
@@ -370,43 +447,103 @@ impl Drop for Inner {
     }
 }
 
-fn run_flusher(policy: FsyncPolicy, parts: &[Arc<Partition>], control: &FlushControl) {
-    let sync_all = || {
-        for p in parts {
-            if p.is_dirty()
-                && let Err(e) = p.sync()
-            {
-                tracing::error!(partition = p.id, error = %e, "log fsync failed; the partition refuses appends until reopened");
-            }
-        }
-    };
+/// The log's background thread: fsyncs by the policy, and applies retention every
+/// second.
+fn run_background(
+    policy: FsyncPolicy,
+    parts: &[Arc<Partition>],
+    control: &FlushControl,
+    offsets: &Mutex<OffsetStore>,
+    storage: &dyn Storage,
+) {
+    let mut last_retention = std::time::Instant::now();
     loop {
         {
-            let mut s = control.state.lock().unwrap();
+            let mut s = lock(&control.state);
             match policy {
                 FsyncPolicy::Always => {
                     while !s.dirty && !s.stop {
                         s = control
                             .cond
                             .wait_timeout(s, Duration::from_millis(100))
-                            .unwrap()
+                            .unwrap_or_else(PoisonError::into_inner)
                             .0;
+                        if last_retention.elapsed() >= RETENTION_INTERVAL {
+                            break;
+                        }
                     }
                     s.dirty = false;
                 }
                 FsyncPolicy::Every(interval) => {
                     if !s.stop {
-                        s = control.cond.wait_timeout(s, interval).unwrap().0;
+                        s = control
+                            .cond
+                            .wait_timeout(s, interval)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
                     }
                 }
-                FsyncPolicy::Never => return,
+                FsyncPolicy::Never => {
+                    if !s.stop {
+                        s = control
+                            .cond
+                            .wait_timeout(s, RETENTION_INTERVAL)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                }
             }
             if s.stop {
                 return;
             }
         }
-        sync_all();
+        if policy != FsyncPolicy::Never {
+            for p in parts {
+                if p.is_dirty()
+                    && let Err(e) = p.sync()
+                {
+                    tracing::error!(partition = p.id, error = %e, "log fsync failed; the partition heals on the next append");
+                }
+            }
+        }
+        if last_retention.elapsed() >= RETENTION_INTERVAL {
+            last_retention = std::time::Instant::now();
+            if let Err(e) = retention(parts, offsets, storage, now_ms()) {
+                tracing::error!(error = %e, "log retention failed");
+            }
+        }
     }
+}
+
+/// Every consumer's committed offset in each partition (0 where it never committed).
+fn consumer_positions(
+    offsets: &Mutex<OffsetStore>,
+    storage: &dyn Storage,
+    partitions: usize,
+) -> Result<Vec<Vec<(String, u64)>>> {
+    let mut store = lock(offsets);
+    let mut per_partition = vec![Vec::new(); partitions];
+    for name in store.consumers(storage)? {
+        let committed = store.get(storage, &name)?;
+        for (p, c) in committed.iter().enumerate() {
+            per_partition[p].push((name.clone(), c.as_ref().map_or(0, |c| c.offset)));
+        }
+    }
+    Ok(per_partition)
+}
+
+fn retention(
+    parts: &[Arc<Partition>],
+    offsets: &Mutex<OffsetStore>,
+    storage: &dyn Storage,
+    now_ms: i64,
+) -> Result<Vec<RetentionReport>> {
+    let positions = consumer_positions(offsets, storage, parts.len())?;
+    parts
+        .iter()
+        .zip(&positions)
+        .map(|(p, consumers)| p.apply_retention(consumers, now_ms))
+        .collect()
 }
 
 fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {

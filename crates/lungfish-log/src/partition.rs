@@ -1,23 +1,41 @@
-//! One partition: its segments, the append path, and the durable mark.
+//! One partition: its segments, the append path, the durable mark, healing after a
+//! failed write or fsync, and retention.
 //!
 //! Appends write under the writer lock and return at once with a [`DurableTicket`];
 //! the flusher (see `log.rs`) makes written bytes durable and advances the durable
 //! mark, which wakes everybody waiting on a ticket and every reader waiting for data.
 //! Readers never see bytes past the durable mark.
+//!
+//! After a failed write or fsync the partition is *poisoned*: the page cache may hold
+//! bytes the disk does not, so nothing past the durable mark is trusted. The next append
+//! *heals* it: the segment is cut back to the durable mark, the writer state is rebuilt
+//! from the bytes before it, and a new *epoch* begins. A ticket remembers its epoch, so a
+//! batch lost to the failure can never be reported durable because new bytes later
+//! reached the same position.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::{FsyncPolicy, LogConfig};
-use crate::format::{BatchBuilder, Producer};
+use crate::config::{FsyncPolicy, LogConfig, Retention, WhenFull};
+use crate::format::{BatchBuilder, HEADER_LEN, Producer, decode_header};
+use crate::recovery_point::{self, RecoveryPoint};
 use crate::segment::{
-    self, Producers, SEGMENT_SUFFIX, SNAPSHOT_SUFFIX, ScanEnd, parse_name, scan_segment,
-    segment_name,
+    self, Producers, SEGMENT_SUFFIX, SNAPSHOT_SUFFIX, ScanEnd, find_position, parse_name,
+    scan_segment, segment_name, snapshot_name,
 };
 use crate::storage::{Storage, WriteFile};
 use crate::{LogError, Result};
+
+/// How often, at most, the recovery point is rewritten.
+const RECOVERY_POINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Locks `m`, recovering the data if a thread panicked while holding it: the state it
+/// protects is checked (and healed) by the code that uses it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A point in a partition's byte stream. Ordered by segment, then position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -46,9 +64,12 @@ struct Writer {
     seg_len: u64,
     next_offset: u64,
     producers: Producers,
+    /// Bytes in all segments, the active one included.
+    total_bytes: u64,
     /// A segment was created since the last directory fsync.
     dir_dirty: bool,
     poisoned: Option<String>,
+    epoch: u64,
 }
 
 impl Writer {
@@ -64,6 +85,10 @@ impl Writer {
 #[derive(Debug)]
 pub(crate) struct DurableState {
     pub mark: Mark,
+    /// The writer epoch the mark belongs to.
+    pub epoch: u64,
+    /// For earlier epochs, how far they had become durable when they ended.
+    ended: Vec<(u64, Mark)>,
     pub error: Option<LogError>,
     pub closed: bool,
 }
@@ -77,6 +102,22 @@ pub struct RecoveryReport {
     pub reason: Option<String>,
 }
 
+/// What retention did to one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// The partition.
+    pub partition: u32,
+    /// Segments deleted.
+    pub deleted_segments: usize,
+    /// Bytes freed.
+    pub deleted_bytes: u64,
+    /// Consumers that had not read everything deleted (only with
+    /// [`WhenFull::DeleteOldest`]), with the offset they had reached.
+    pub lost: Vec<(String, u64)>,
+    /// The partition's first offset afterwards.
+    pub start_offset: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub id: u32,
@@ -85,11 +126,13 @@ pub(crate) struct Partition {
     policy: FsyncPolicy,
     segment_bytes: u64,
     pub max_batch: usize,
+    retention: Retention,
     writer: Mutex<Writer>,
     pub durable: Mutex<DurableState>,
     durable_cond: Condvar,
     pub durable_notify: tokio::sync::Notify,
     pub segments: RwLock<Arc<Vec<SegmentInfo>>>,
+    recovery_point: Mutex<(recovery_point::Writer, Option<Instant>)>,
     pub recovery: RecoveryReport,
 }
 
@@ -115,21 +158,28 @@ pub struct Appended {
 pub struct DurableTicket {
     part: Arc<Partition>,
     mark: Mark,
+    epoch: u64,
 }
 
 impl DurableTicket {
-    /// True if the batch is already durable.
+    /// True if the batch is durable.
     pub fn is_durable(&self) -> bool {
-        self.part.durable.lock().unwrap().mark >= self.mark
+        matches!(
+            self.part
+                .check(&lock(&self.part.durable), self.mark, self.epoch),
+            Some(Ok(()))
+        )
     }
 
     /// Blocks until the batch is durable.
     ///
     /// # Errors
-    /// The fsync failed ([`LogError::Io`] or [`LogError::Poisoned`]), the log was closed
-    /// first, or `timeout` passed ([`LogError::Timeout`]).
+    /// The write or fsync failed ([`LogError::Io`] or [`LogError::Poisoned`]): the batch
+    /// is not durable and never will be (append it again); the log was closed first; or
+    /// `timeout` passed ([`LogError::Timeout`]).
     pub fn wait(&self, timeout: Duration) -> Result<()> {
-        self.part.wait_durable_blocking(self.mark, timeout)
+        self.part
+            .wait_durable_blocking(self.mark, self.epoch, timeout)
     }
 
     /// Waits until the batch is durable.
@@ -140,8 +190,95 @@ impl DurableTicket {
     /// # Cancel safety
     /// Cancel safe: dropping the future only stops the wait, the batch stays appended.
     pub async fn wait_async(&self) -> Result<()> {
-        self.part.wait_durable(self.mark).await
+        self.part.wait_durable(self.mark, self.epoch).await
     }
+}
+
+/// What [`Partition::cut_back`] leaves the writer with.
+struct Healed {
+    file: Arc<dyn WriteFile>,
+    scanned: Scanned,
+    segments: Vec<SegmentInfo>,
+    sealed_bytes: u64,
+}
+
+/// State rebuilt from the bytes of a partition's segments: what the writer continues
+/// from.
+struct Scanned {
+    producers: Producers,
+    next_offset: u64,
+    valid_len: u64,
+    end: ScanEnd,
+}
+
+/// Loads the producer state as of the start of segment `bases[last]` (from the newest
+/// readable snapshot, replaying the batches of the segments after it) and scans the
+/// last segment up to `limit` bytes.
+fn rebuild(
+    id: u32,
+    storage: &dyn Storage,
+    dir: &Path,
+    bases: &[u64],
+    max_batch: usize,
+    limit: Option<u64>,
+) -> Result<Scanned> {
+    let last = bases.len() - 1;
+    let mut producers = Producers::new();
+    let mut replay_from = 0usize;
+    for (i, base) in bases.iter().enumerate().rev() {
+        if let Some(p) = segment::read_snapshot(storage, &dir.join(snapshot_name(*base))) {
+            producers = p;
+            replay_from = i;
+            break;
+        }
+    }
+    for &base in &bases[replay_from..last] {
+        let path = dir.join(segment_name(base));
+        let file = storage
+            .open_read(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let scan = scan_segment(&*file, &path, base, max_batch, None, |view, _| {
+            if let Some(p) = view.header().producer {
+                producers.insert(p.id, p.seq);
+            }
+        })?;
+        if scan.end != ScanEnd::Clean {
+            return Err(LogError::Corrupt {
+                partition: id,
+                segment: path,
+                position: scan.valid_len,
+                reason: format!("{:?} in a sealed segment", scan.end),
+            });
+        }
+    }
+    let base = bases[last];
+    let path = dir.join(segment_name(base));
+    let file = storage
+        .open_read(&path)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    let scan = scan_segment(&*file, &path, base, max_batch, limit, |view, _| {
+        if let Some(p) = view.header().producer {
+            producers.insert(p.id, p.seq);
+        }
+    })?;
+    Ok(Scanned {
+        producers,
+        next_offset: scan.next_offset,
+        valid_len: scan.valid_len,
+        end: scan.end,
+    })
+}
+
+fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<u64>> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| LogError::io("list directory", dir, e))?;
+    let mut bases: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_name(n, SEGMENT_SUFFIX))
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
 }
 
 impl Partition {
@@ -161,16 +298,15 @@ impl Partition {
         for name in names.iter().filter(|n| n.ends_with(".tmp")) {
             let _ = storage.remove_file(&dir.join(name));
         }
-        let mut bases: Vec<u64> = names
-            .iter()
-            .filter_map(|n| parse_name(n, SEGMENT_SUFFIX))
-            .collect();
-        bases.sort_unstable();
-        let snapshots: Vec<u64> = names
-            .iter()
-            .filter_map(|n| parse_name(n, SNAPSHOT_SUFFIX))
-            .collect();
+        let bases = list_segments(&*storage, &dir)?;
+        // Snapshots of segments that do not exist (a crash during a roll) are leftovers.
+        for base in names.iter().filter_map(|n| parse_name(n, SNAPSHOT_SUFFIX)) {
+            if !bases.contains(&base) && bases.last().is_none_or(|&l| base > l) {
+                let _ = storage.remove_file(&dir.join(snapshot_name(base)));
+            }
+        }
         let max_batch = config.max_batch_bytes;
+        let point = recovery_point::read(&*storage, &dir);
 
         if bases.is_empty() {
             let path = dir.join(segment_name(0));
@@ -186,8 +322,10 @@ impl Partition {
                 seg_len: 0,
                 next_offset: 0,
                 producers: HashMap::new(),
+                total_bytes: 0,
                 dir_dirty: false,
                 poisoned: None,
+                epoch: 0,
             };
             let segments = vec![SegmentInfo {
                 base: 0,
@@ -201,48 +339,22 @@ impl Partition {
                 config,
                 writer,
                 segments,
+                point,
                 RecoveryReport::default(),
             ));
         }
 
-        // Producer state: start from the newest snapshot we can read, then replay the
-        // batch headers of every segment from there on.
-        let mut producers = Producers::new();
-        let mut replay_from = 0usize;
-        for (i, base) in bases.iter().enumerate().rev() {
-            if !snapshots.contains(base) {
-                continue;
-            }
-            if let Some(p) =
-                segment::read_snapshot(&*storage, &dir.join(segment::snapshot_name(*base)))
-            {
-                producers = p;
-                replay_from = i;
-                break;
-            }
-        }
         let last = bases.len() - 1;
         let mut segments = Vec::with_capacity(bases.len());
+        let mut total_bytes = 0;
         for (i, &base) in bases.iter().enumerate() {
             let path = dir.join(segment_name(base));
             let file = storage
                 .open_read(&path)
                 .map_err(|e| LogError::io("open", &path, e))?;
             let len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
-            if i >= replay_from && i < last {
-                let scan = scan_segment(&*file, &path, base, max_batch, |view, _| {
-                    if let Some(p) = view.header().producer {
-                        producers.insert(p.id, p.seq);
-                    }
-                })?;
-                if scan.end != ScanEnd::Clean {
-                    return Err(LogError::Corrupt {
-                        partition: id,
-                        segment: path,
-                        position: scan.valid_len,
-                        reason: format!("{:?} in a sealed segment", scan.end),
-                    });
-                }
+            if i < last {
+                total_bytes += len;
             }
             segments.push(SegmentInfo {
                 base,
@@ -250,36 +362,44 @@ impl Partition {
                 sealed_len: (i < last).then_some(len),
             });
         }
+        let scanned = rebuild(id, &*storage, &dir, &bases, max_batch, None)?;
 
-        // The last segment: verify every batch and cut an incomplete or invalid tail.
+        // The last segment: verified in full; an invalid or incomplete tail is cut, unless
+        // it lies before the recovery point, which only ever covers fsynced data.
         let base = bases[last];
         let path = dir.join(segment_name(base));
         let file = storage
             .open_write(&path, false)
             .map_err(|e| LogError::io("open", &path, e))?;
         let file_len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
-        let scan = scan_segment(&*file, &path, base, max_batch, |view, _| {
-            if let Some(p) = view.header().producer {
-                producers.insert(p.id, p.seq);
-            }
-        })?;
         let mut report = RecoveryReport::default();
-        if scan.valid_len < file_len {
-            let dropped = file_len - scan.valid_len;
-            let reason = match &scan.end {
-                ScanEnd::Truncated => "incomplete batch at the end".to_owned(),
-                ScanEnd::Invalid(r) => r.clone(),
-                ScanEnd::Clean => "trailing bytes".to_owned(),
-            };
+        if scanned.valid_len < file_len {
+            if let Some(p) = point
+                && p.seg_base == base
+                && scanned.valid_len < p.position
+            {
+                return Err(LogError::Corrupt {
+                    partition: id,
+                    segment: path,
+                    position: scanned.valid_len,
+                    reason: format!(
+                        "{} before the recovery point ({} bytes are known durable); run `lungfish log repair`",
+                        describe(&scanned.end),
+                        p.position
+                    ),
+                });
+            }
+            let dropped = file_len - scanned.valid_len;
+            let reason = describe(&scanned.end);
             tracing::warn!(
                 partition = id,
                 segment = %path.display(),
-                position = scan.valid_len,
+                position = scanned.valid_len,
                 dropped_bytes = dropped,
                 %reason,
-                "log recovery: truncating the tail of the last segment"
+                "log recovery: truncating the unacknowledged tail of the last segment"
             );
-            file.set_len(scan.valid_len)
+            file.set_len(scanned.valid_len)
                 .map_err(|e| LogError::io("truncate", &path, e))?;
             file.sync_data()
                 .map_err(|e| LogError::io("fsync", &path, e))?;
@@ -291,17 +411,20 @@ impl Partition {
         let writer = Writer {
             file,
             seg_base: base,
-            seg_len: scan.valid_len,
-            next_offset: scan.next_offset,
-            producers,
+            seg_len: scanned.valid_len,
+            next_offset: scanned.next_offset,
+            producers: scanned.producers,
+            total_bytes: total_bytes + scanned.valid_len,
             dir_dirty: false,
             poisoned: None,
+            epoch: 0,
         };
         Ok(Self::build(
-            id, dir, storage, config, writer, segments, report,
+            id, dir, storage, config, writer, segments, point, report,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         id: u32,
         dir: PathBuf,
@@ -309,27 +432,48 @@ impl Partition {
         config: &LogConfig,
         writer: Writer,
         segments: Vec<SegmentInfo>,
+        point: Option<RecoveryPoint>,
         recovery: RecoveryReport,
     ) -> Arc<Self> {
         let mark = writer.mark();
         Arc::new(Partition {
             id,
-            dir,
             storage,
             policy: config.fsync,
             segment_bytes: config.segment_bytes,
             max_batch: config.max_batch_bytes,
+            retention: config.retention,
             writer: Mutex::new(writer),
             durable: Mutex::new(DurableState {
                 mark,
+                epoch: 0,
+                ended: Vec::new(),
                 error: None,
                 closed: false,
             }),
             durable_cond: Condvar::new(),
             durable_notify: tokio::sync::Notify::new(),
             segments: RwLock::new(Arc::new(segments)),
+            recovery_point: Mutex::new((recovery_point::Writer::new(&dir, point), None)),
             recovery,
+            dir,
         })
+    }
+
+    /// Locks the writer. A panic while it was held left it in an unknown state: it is
+    /// treated like a failed write, and healed before the next append.
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        match self.writer.lock() {
+            Ok(w) => w,
+            Err(poisoned) => {
+                let mut w = poisoned.into_inner();
+                if w.poisoned.is_none() {
+                    w.poisoned = Some("a panic interrupted a write".to_owned());
+                }
+                self.writer.clear_poison();
+                w
+            }
+        }
     }
 
     /// Appends a batch; see [`crate::Log::append`].
@@ -346,12 +490,9 @@ impl Partition {
                 max: self.max_batch,
             });
         }
-        let mut w = self.writer.lock().unwrap();
-        if let Some(reason) = &w.poisoned {
-            return Err(LogError::Poisoned {
-                partition: self.id,
-                reason: reason.clone(),
-            });
+        let mut w = self.writer();
+        if w.poisoned.is_some() {
+            self.heal(&mut w)?;
         }
         if let Some(p) = producer {
             if p.id == 0 {
@@ -367,9 +508,21 @@ impl Partition {
                     ticket: DurableTicket {
                         part: self.clone(),
                         mark,
+                        epoch: w.epoch,
                     },
                 });
             }
+        }
+        if let Some(limit) = self.retention.max_bytes
+            && self.retention.when_full == WhenFull::Refuse
+            && w.total_bytes + len as u64 > limit
+        {
+            return Err(LogError::Full {
+                partition: self.id,
+                bytes: w.total_bytes,
+                limit,
+                lagging: Vec::new(),
+            });
         }
         if w.seg_len > 0 && w.seg_len + len as u64 > self.segment_bytes {
             self.roll(&mut w)?;
@@ -380,19 +533,19 @@ impl Partition {
         let at = w.seg_len;
         if let Err(e) = w.file.write_all_at(frame, at) {
             let err = LogError::io("write", self.dir.join(segment_name(w.seg_base)), e);
-            w.poisoned = Some(err.to_string());
+            self.poison(&mut w, &err);
             return Err(err);
         }
         w.seg_len += len as u64;
+        w.total_bytes += len as u64;
         w.next_offset += count;
         if let Some(p) = producer {
             w.producers.insert(p.id, p.seq);
         }
         let mark = w.mark();
         if self.policy == FsyncPolicy::Never {
-            self.advance_durable(mark);
+            self.advance_durable(mark, w.epoch);
         }
-        drop(w);
         Ok(Appended {
             partition: self.id,
             base_offset,
@@ -401,6 +554,7 @@ impl Partition {
             ticket: DurableTicket {
                 part: self.clone(),
                 mark,
+                epoch: w.epoch,
             },
         })
     }
@@ -432,7 +586,10 @@ impl Partition {
             }
         };
         {
-            let mut segs = self.segments.write().unwrap();
+            let mut segs = self
+                .segments
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut list: Vec<SegmentInfo> = segs.as_ref().clone();
             if let Some(last) = list.last_mut() {
                 last.sealed_len = Some(w.seg_len);
@@ -451,14 +608,14 @@ impl Partition {
         w.dir_dirty = true;
         if sync {
             // The old segment is durable in full.
-            self.advance_durable(old_end);
+            self.advance_durable(old_end, w.epoch);
         }
         Ok(())
     }
 
     fn poison(&self, w: &mut Writer, err: &LogError) {
         w.poisoned = Some(err.to_string());
-        let mut d = self.durable.lock().unwrap();
+        let mut d = lock(&self.durable);
         d.error = Some(LogError::Poisoned {
             partition: self.id,
             reason: err.to_string(),
@@ -468,11 +625,120 @@ impl Partition {
         self.durable_notify.notify_waiters();
     }
 
+    /// Cuts the partition back to its durable mark after a failure and starts a new
+    /// epoch. Nothing past the durable mark is trusted: it may exist only in the page
+    /// cache.
+    fn heal(&self, w: &mut Writer) -> Result<()> {
+        let mark = lock(&self.durable).mark;
+        let Healed {
+            file,
+            scanned,
+            segments: list,
+            sealed_bytes: total,
+        } = self.cut_back(mark)?;
+        tracing::warn!(
+            partition = self.id,
+            offset = mark.next_offset,
+            "log partition healed after a failure: continuing from the durable data"
+        );
+        *self
+            .segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(list);
+        w.file = file;
+        w.seg_base = mark.seg_base;
+        w.seg_len = mark.position;
+        w.next_offset = mark.next_offset;
+        w.producers = scanned.producers;
+        w.total_bytes = total + mark.position;
+        w.dir_dirty = false;
+        w.poisoned = None;
+        w.epoch += 1;
+        let mut d = lock(&self.durable);
+        let old = d.epoch;
+        let last = d.mark;
+        d.ended.push((old, last));
+        if d.ended.len() > 64 {
+            d.ended.remove(0);
+        }
+        d.epoch = w.epoch;
+        d.error = None;
+        drop(d);
+        self.durable_cond.notify_all();
+        self.durable_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Removes everything past `mark` from disk and rebuilds the writer state from the
+    /// bytes before it.
+    fn cut_back(&self, mark: Mark) -> Result<Healed> {
+        // Segments started after the durable mark hold nothing durable.
+        let bases = list_segments(&*self.storage, &self.dir)?;
+        for &base in bases.iter().filter(|&&b| b > mark.seg_base) {
+            let path = self.dir.join(segment_name(base));
+            self.storage
+                .remove_file(&path)
+                .map_err(|e| LogError::io("remove", &path, e))?;
+            let _ = self
+                .storage
+                .remove_file(&self.dir.join(snapshot_name(base)));
+        }
+        let path = self.dir.join(segment_name(mark.seg_base));
+        let file = self
+            .storage
+            .open_write(&path, false)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        file.set_len(mark.position)
+            .map_err(|e| LogError::io("truncate", &path, e))?;
+        file.sync_data()
+            .map_err(|e| LogError::io("fsync", &path, e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))?;
+        let bases: Vec<u64> = bases.into_iter().filter(|&b| b <= mark.seg_base).collect();
+        let scanned = rebuild(
+            self.id,
+            &*self.storage,
+            &self.dir,
+            &bases,
+            self.max_batch,
+            Some(mark.position),
+        )?;
+        if scanned.valid_len != mark.position || scanned.next_offset != mark.next_offset {
+            return Err(LogError::Corrupt {
+                partition: self.id,
+                segment: path,
+                position: scanned.valid_len,
+                reason: "durable data does not verify after a failed write".into(),
+            });
+        }
+        let mut list: Vec<SegmentInfo> = self
+            .segments()
+            .iter()
+            .filter(|s| s.base <= mark.seg_base)
+            .cloned()
+            .collect();
+        let mut total = 0;
+        for s in &mut list {
+            if s.base == mark.seg_base {
+                s.sealed_len = None;
+            } else {
+                total += s.sealed_len.unwrap_or(0);
+            }
+        }
+        Ok(Healed {
+            file,
+            scanned,
+            segments: list,
+            sealed_bytes: total,
+        })
+    }
+
     /// Makes everything written so far durable. Called by the flusher; safe to call
     /// concurrently (the durable mark only moves forward).
     pub fn sync(&self) -> Result<()> {
-        let (file, mark, dir_dirty) = {
-            let mut w = self.writer.lock().unwrap();
+        let (file, mark, dir_dirty, epoch) = {
+            let mut w = self.writer();
             if let Some(reason) = &w.poisoned {
                 return Err(LogError::Poisoned {
                     partition: self.id,
@@ -480,11 +746,11 @@ impl Partition {
                 });
             }
             let mark = w.mark();
-            if self.durable.lock().unwrap().mark >= mark {
+            if lock(&self.durable).mark >= mark {
                 return Ok(());
             }
             let dirty = std::mem::take(&mut w.dir_dirty);
-            (w.file.clone(), mark, dirty)
+            (w.file.clone(), mark, dirty, w.epoch)
         };
         let result = (|| {
             if dir_dirty {
@@ -497,26 +763,53 @@ impl Partition {
         })();
         match result {
             Ok(()) => {
-                self.advance_durable(mark);
+                self.advance_durable(mark, epoch);
+                self.maybe_write_recovery_point(mark);
                 Ok(())
             }
             Err(err) => {
-                let mut w = self.writer.lock().unwrap();
-                self.poison(&mut w, &err);
+                let mut w = self.writer();
+                if w.epoch == epoch {
+                    if dir_dirty {
+                        w.dir_dirty = true;
+                    }
+                    self.poison(&mut w, &err);
+                }
                 Err(err)
             }
         }
     }
 
-    /// True if bytes were written that are not durable yet.
-    pub fn is_dirty(&self) -> bool {
-        let w = self.writer.lock().unwrap();
-        w.poisoned.is_none() && self.durable.lock().unwrap().mark < w.mark()
+    fn maybe_write_recovery_point(&self, mark: Mark) {
+        let mut rp = lock(&self.recovery_point);
+        if rp.1.is_some_and(|t| t.elapsed() < RECOVERY_POINT_INTERVAL) {
+            return;
+        }
+        match rp.0.write(&*self.storage, mark.seg_base, mark.position) {
+            Ok(()) => rp.1 = Some(Instant::now()),
+            // Not fatal: recovery then treats more of the tail as unverified.
+            Err(e) => {
+                tracing::warn!(partition = self.id, error = %e, "writing the recovery point failed")
+            }
+        }
     }
 
-    fn advance_durable(&self, mark: Mark) {
-        let mut d = self.durable.lock().unwrap();
-        if mark > d.mark {
+    /// Records the current durable mark as the recovery point now (on close).
+    pub fn write_recovery_point(&self) {
+        lock(&self.recovery_point).1 = None;
+        let mark = lock(&self.durable).mark;
+        self.maybe_write_recovery_point(mark);
+    }
+
+    /// True if bytes were written that are not durable yet.
+    pub fn is_dirty(&self) -> bool {
+        let w = self.writer();
+        w.poisoned.is_none() && lock(&self.durable).mark < w.mark()
+    }
+
+    fn advance_durable(&self, mark: Mark, epoch: u64) {
+        let mut d = lock(&self.durable);
+        if d.epoch == epoch && mark > d.mark {
             d.mark = mark;
             drop(d);
             self.durable_cond.notify_all();
@@ -526,12 +819,24 @@ impl Partition {
 
     /// Marks the partition closed: waiters wake up with [`LogError::Closed`].
     pub fn close(&self) {
-        self.durable.lock().unwrap().closed = true;
+        lock(&self.durable).closed = true;
         self.durable_cond.notify_all();
         self.durable_notify.notify_waiters();
     }
 
-    fn check(&self, d: &DurableState, target: Mark) -> Option<Result<()>> {
+    fn check(&self, d: &DurableState, target: Mark, epoch: u64) -> Option<Result<()>> {
+        if epoch != d.epoch {
+            // The batch's epoch ended with a failure: it is durable only if it was
+            // before that epoch's last durable mark.
+            let ended = d.ended.iter().find(|(e, _)| *e == epoch).map(|(_, m)| *m);
+            return Some(match ended {
+                Some(m) if target <= m => Ok(()),
+                _ => Err(LogError::Poisoned {
+                    partition: self.id,
+                    reason: "the batch was lost to a failed write or fsync; append it again".into(),
+                }),
+            });
+        }
         if d.mark >= target {
             Some(Ok(()))
         } else if let Some(e) = &d.error {
@@ -543,27 +848,31 @@ impl Partition {
         }
     }
 
-    pub fn wait_durable_blocking(&self, target: Mark, timeout: Duration) -> Result<()> {
+    pub fn wait_durable_blocking(&self, target: Mark, epoch: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let mut d = self.durable.lock().unwrap();
+        let mut d = lock(&self.durable);
         loop {
-            if let Some(r) = self.check(&d, target) {
+            if let Some(r) = self.check(&d, target, epoch) {
                 return r;
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(LogError::Timeout(timeout));
             }
-            d = self.durable_cond.wait_timeout(d, deadline - now).unwrap().0;
+            d = self
+                .durable_cond
+                .wait_timeout(d, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
-    pub async fn wait_durable(&self, target: Mark) -> Result<()> {
+    pub async fn wait_durable(&self, target: Mark, epoch: u64) -> Result<()> {
         loop {
             let notified = self.durable_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(r) = self.check(&self.durable.lock().unwrap(), target) {
+            if let Some(r) = self.check(&lock(&self.durable), target, epoch) {
                 return r;
             }
             notified.await;
@@ -574,19 +883,23 @@ impl Partition {
     /// read), or `timeout` passes. Returns true if there is data.
     pub fn wait_for_offset_blocking(&self, offset: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut d = self.durable.lock().unwrap();
+        let mut d = lock(&self.durable);
         loop {
             if d.mark.next_offset > offset {
                 return true;
             }
-            if d.error.is_some() || d.closed {
+            if d.closed {
                 return false;
             }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            d = self.durable_cond.wait_timeout(d, deadline - now).unwrap().0;
+            d = self
+                .durable_cond
+                .wait_timeout(d, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -598,11 +911,11 @@ impl Partition {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let d = self.durable.lock().unwrap();
+                let d = lock(&self.durable);
                 if d.mark.next_offset > offset {
                     return true;
                 }
-                if d.error.is_some() || d.closed {
+                if d.closed {
                     return false;
                 }
             }
@@ -610,29 +923,32 @@ impl Partition {
         }
     }
 
-    /// The durable mark and any error.
+    /// The durable mark.
     pub fn durable_mark(&self) -> Mark {
-        self.durable.lock().unwrap().mark
+        lock(&self.durable).mark
     }
 
     /// The offset after the last written (not necessarily durable) record.
     pub fn written_end(&self) -> u64 {
-        self.writer.lock().unwrap().next_offset
+        self.writer().next_offset
+    }
+
+    /// Bytes in all segments.
+    pub fn total_bytes(&self) -> u64 {
+        self.writer().total_bytes
     }
 
     /// The last sequence number of `producer_id` in this partition.
     pub fn producer_seq(&self, producer_id: u64) -> Option<u64> {
-        self.writer
-            .lock()
-            .unwrap()
-            .producers
-            .get(&producer_id)
-            .copied()
+        self.writer().producers.get(&producer_id).copied()
     }
 
     /// The current segment list.
     pub fn segments(&self) -> Arc<Vec<SegmentInfo>> {
-        self.segments.read().unwrap().clone()
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -641,5 +957,187 @@ impl Partition {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The append time of the first batch of `segment`, if it has one.
+    fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
+        let file = self.storage.open_read(&segment.path).ok()?;
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0).ok()?;
+        decode_header(&header, self.max_batch)
+            .ok()
+            .map(|h| h.append_time_ms)
+    }
+
+    /// The offset of the first record appended at or after `time_ms` (the end offset
+    /// if none was).
+    ///
+    /// # Errors
+    /// A segment cannot be read.
+    pub fn offset_for_time(&self, time_ms: i64) -> Result<u64> {
+        let segments = self.segments();
+        let end = self.durable_mark();
+        // The segment to search: the last whose first batch is not after `time_ms`.
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate() {
+            match self.first_append_time(s) {
+                Some(t) if t <= time_ms => at = i,
+                _ => break,
+            }
+        }
+        for s in &segments[at..] {
+            let file = self
+                .storage
+                .open_read(&s.path)
+                .map_err(|e| LogError::io("open", &s.path, e))?;
+            let limit = s.sealed_len.unwrap_or(if s.base == end.seg_base {
+                end.position
+            } else {
+                0
+            });
+            let mut pos = 0u64;
+            let mut header = [0u8; HEADER_LEN];
+            while pos + HEADER_LEN as u64 <= limit {
+                file.read_exact_at(&mut header, pos)
+                    .map_err(|e| LogError::io("read", &s.path, e))?;
+                let h = decode_header(&header, self.max_batch).map_err(|e| LogError::Corrupt {
+                    partition: self.id,
+                    segment: s.path.clone(),
+                    position: pos,
+                    reason: format!("{e:?}"),
+                })?;
+                if h.append_time_ms >= time_ms && h.record_count > 0 {
+                    return Ok(h.base_offset);
+                }
+                pos += h.frame_len();
+            }
+        }
+        Ok(end.next_offset)
+    }
+
+    /// Deletes segments as the retention settings allow, given every consumer's
+    /// committed offset in this partition. See [`Retention`].
+    ///
+    /// # Errors
+    /// A file could not be removed; segments removed before the failure stay removed.
+    pub fn apply_retention(
+        &self,
+        consumers: &[(String, u64)],
+        now_ms: i64,
+    ) -> Result<RetentionReport> {
+        let r = self.retention;
+        let mut report = RetentionReport {
+            partition: self.id,
+            ..RetentionReport::default()
+        };
+        // The oldest offset some consumer still needs.
+        let needed = consumers.iter().map(|(_, o)| *o).min().unwrap_or(u64::MAX);
+        loop {
+            let segments = self.segments();
+            let total = self.total_bytes();
+            report.start_offset = segments.first().map_or(0, |s| s.base);
+            let (Some(oldest), Some(next)) = (segments.first(), segments.get(1)) else {
+                return Ok(report); // never delete the active segment
+            };
+            let consumed = needed >= next.base;
+            let over_target = r.target_bytes.is_some_and(|t| total > t);
+            let too_old = r.max_age.is_some_and(|age| {
+                // Everything in `oldest` was appended before `next`'s first batch.
+                self.first_append_time(next)
+                    .is_some_and(|t| now_ms.saturating_sub(t) > age.as_millis() as i64)
+            });
+            let over_max = r
+                .max_bytes
+                .is_some_and(|m| total > m.saturating_sub(self.segment_bytes));
+            let forced = !consumed && over_max && r.when_full == WhenFull::DeleteOldest;
+            if !((consumed && (over_target || too_old || over_max)) || forced) {
+                return Ok(report);
+            }
+            if forced {
+                for (name, offset) in consumers.iter().filter(|(_, o)| *o < next.base) {
+                    tracing::warn!(
+                        partition = self.id,
+                        consumer = %name,
+                        committed = offset,
+                        deleted_through = next.base,
+                        "log retention: the size limit was reached; deleting records this consumer has not read"
+                    );
+                    if !report.lost.iter().any(|(n, _)| n == name) {
+                        report.lost.push((name.clone(), *offset));
+                    }
+                }
+            }
+            let len = oldest.sealed_len.unwrap_or(0);
+            self.delete_oldest(oldest)?;
+            report.deleted_segments += 1;
+            report.deleted_bytes += len;
+        }
+    }
+
+    /// Removes the oldest segment: first from the list readers use, then its files, then
+    /// makes the removal durable.
+    fn delete_oldest(&self, oldest: &SegmentInfo) -> Result<()> {
+        {
+            let mut segs = self
+                .segments
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let list: Vec<SegmentInfo> = segs
+                .iter()
+                .filter(|s| s.base != oldest.base)
+                .cloned()
+                .collect();
+            *segs = Arc::new(list);
+        }
+        self.writer().total_bytes -= oldest.sealed_len.unwrap_or(0);
+        self.storage
+            .remove_file(&oldest.path)
+            .map_err(|e| LogError::io("remove", &oldest.path, e))?;
+        let snapshot = self.dir.join(snapshot_name(oldest.base));
+        if self.storage.exists(&snapshot) {
+            self.storage
+                .remove_file(&snapshot)
+                .map_err(|e| LogError::io("remove", &snapshot, e))?;
+        }
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))
+    }
+
+    /// Finds the position of the batch holding `offset` in segment `seg` (see
+    /// [`find_position`]).
+    pub fn position_of(&self, seg: &SegmentInfo, offset: u64) -> Result<u64> {
+        let file = self
+            .storage
+            .open_read(&seg.path)
+            .map_err(|e| LogError::io("open", &seg.path, e))?;
+        let limit = match seg.sealed_len {
+            Some(len) => len,
+            None => self.durable_mark().position,
+        };
+        find_position(&*file, &seg.path, limit, seg.base, offset, self.max_batch)
+            .map(|(pos, _)| pos)
+            .map_err(|e| match e {
+                LogError::Corrupt {
+                    segment,
+                    position,
+                    reason,
+                    ..
+                } => LogError::Corrupt {
+                    partition: self.id,
+                    segment,
+                    position,
+                    reason,
+                },
+                other => other,
+            })
+    }
+}
+
+fn describe(end: &ScanEnd) -> String {
+    match end {
+        ScanEnd::Truncated => "incomplete batch at the end".to_owned(),
+        ScanEnd::Invalid(r) => r.clone(),
+        ScanEnd::Clean => "trailing bytes".to_owned(),
     }
 }

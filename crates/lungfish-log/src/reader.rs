@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::format::{BatchView, FrameError, HEADER_LEN, decode_header};
 use crate::partition::Partition;
-use crate::segment::find_position;
 use crate::storage::ReadFile;
 use crate::{LogError, Result};
 
@@ -149,113 +148,93 @@ impl PartitionReader {
     }
 
     fn fill(&mut self, max_bytes: usize) -> Result<usize> {
-        let mark = {
-            let d = self.part.durable.lock().unwrap();
-            if let Some(e) = &d.error {
-                // Data before the durable mark is still good; only stop at the mark.
-                tracing::debug!(partition = self.part.id, error = %e, "reading a poisoned partition");
-            }
-            d.mark
-        };
+        let mark = self.part.durable_mark();
         if self.next_offset >= mark.next_offset {
             return Ok(0);
         }
-        loop {
+        // A few rounds at most: each round either reads, or moves past a segment that
+        // ended or disappeared (retention), so the loop cannot spin.
+        for _ in 0..1024 {
             if self.cursor.is_none() {
-                self.cursor = Some(self.open_cursor()?);
-            }
-            let cursor = self.cursor.as_mut().unwrap();
-            let segments = self.part.segments();
-            let end = if cursor.base < mark.seg_base {
-                match segments.iter().find(|s| s.base == cursor.base) {
-                    Some(s) => s.sealed_len.unwrap_or(0),
-                    None => {
-                        return Err(LogError::BadFile {
-                            path: cursor.path.clone(),
-                            reason: "segment disappeared while being read".into(),
-                        });
-                    }
+                match self.open_cursor()? {
+                    Some(c) => self.cursor = Some(c),
+                    None => return Ok(0),
                 }
-            } else {
-                mark.position
+            }
+            let cursor = self.cursor.as_ref().expect("opened above");
+            let segments = self.part.segments();
+            let Some(seg) = segments.iter().find(|s| s.base == cursor.base) else {
+                // Deleted by retention (or a repair) while we read it: start again from
+                // the first segment that exists.
+                self.cursor = None;
+                continue;
+            };
+            let end = match seg.sealed_len {
+                Some(len) if cursor.base < mark.seg_base => len,
+                _ => mark.position,
             };
             if cursor.pos >= end {
                 if cursor.base < mark.seg_base {
-                    // Sealed and fully read: go on to the next segment.
-                    let next = segments
-                        .iter()
-                        .find(|s| s.base > cursor.base)
-                        .ok_or_else(|| LogError::BadFile {
-                            path: cursor.path.clone(),
-                            reason: "no segment after a sealed one".into(),
-                        })?;
-                    let file = self
-                        .part
-                        .storage()
-                        .open_read(&next.path)
-                        .map_err(|e| LogError::io("open", &next.path, e))?;
-                    *cursor = Cursor {
-                        base: next.base,
-                        path: next.path.clone(),
-                        file,
-                        pos: 0,
+                    // Sealed and fully read: on to the next segment.
+                    let Some(next) = segments.iter().find(|s| s.base > cursor.base) else {
+                        return Ok(0);
                     };
+                    let next_base = next.base;
+                    self.jump_to(next_base);
+                    self.cursor = None;
                     continue;
                 }
                 return Ok(0);
             }
             return self.read_frames(end, max_bytes);
         }
+        Err(LogError::BadFile {
+            path: self.part.dir().to_path_buf(),
+            reason: "the reader could not settle on a segment".into(),
+        })
     }
 
-    fn open_cursor(&self) -> Result<Cursor> {
+    /// Moves the position forward to `offset` if it is behind it: records between were
+    /// deleted (retention) or set aside (repair).
+    fn jump_to(&mut self, offset: u64) {
+        if self.next_offset < offset {
+            tracing::warn!(
+                partition = self.part.id,
+                from = self.next_offset,
+                to = offset,
+                "records are missing from the log (deleted by retention or set aside by repair); skipping them"
+            );
+            self.next_offset = offset;
+        }
+    }
+
+    /// Opens the segment holding the reader's position, at the batch holding it. `None`
+    /// if the file vanished meanwhile (try again).
+    fn open_cursor(&mut self) -> Result<Option<Cursor>> {
         let segments = self.part.segments();
+        let Some(first) = segments.first() else {
+            return Ok(None);
+        };
+        if self.next_offset < first.base {
+            self.jump_to(first.base);
+        }
         let seg = segments
             .iter()
             .rev()
             .find(|s| s.base <= self.next_offset)
-            .or_else(|| segments.first())
-            .ok_or_else(|| LogError::BadFile {
-                path: self.part.dir().to_path_buf(),
-                reason: "partition has no segment".into(),
-            })?;
-        let file = self
-            .part
-            .storage()
-            .open_read(&seg.path)
-            .map_err(|e| LogError::io("open", &seg.path, e))?;
-        let limit = match seg.sealed_len {
-            Some(len) => len,
-            None => self.part.durable_mark().position,
+            .unwrap_or(first);
+        let file = match self.part.storage().open_read(&seg.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LogError::io("open", &seg.path, e)),
         };
-        let (pos, _) = find_position(
-            &*file,
-            &seg.path,
-            limit,
-            seg.base,
-            self.next_offset,
-            self.part.max_batch,
-        )
-        .map_err(|e| match e {
-            LogError::Corrupt {
-                segment,
-                position,
-                reason,
-                ..
-            } => LogError::Corrupt {
-                partition: self.part.id,
-                segment,
-                position,
-                reason,
-            },
-            other => other,
-        })?;
-        Ok(Cursor {
+        let pos = self.part.position_of(seg, self.next_offset)?;
+        Ok(Some(Cursor {
             base: seg.base,
             path: seg.path.clone(),
             file,
             pos,
-        })
+        }))
     }
 
     /// Reads batches from the cursor up to `end` (a durable limit), at most about

@@ -110,17 +110,19 @@ pub(crate) struct Scan {
 
 /// Reads a segment from the start, verifying every batch (magic, length, CRC32C,
 /// record framing and offset continuity from `base`), and calls `visit` for each valid
-/// batch with its byte position. Memory use is bounded by `max_batch` plus one read
-/// block.
+/// batch with its byte position. Reads at most `limit` bytes if given. Memory use is
+/// bounded by `max_batch` plus one read block.
 pub(crate) fn scan_segment(
     file: &dyn ReadFile,
     path: &Path,
     base: u64,
     max_batch: usize,
+    limit: Option<u64>,
     mut visit: impl FnMut(&BatchView<'_>, u64),
 ) -> Result<Scan> {
     const BLOCK: usize = 4 * 1024 * 1024;
-    let file_len = file.size().map_err(|e| LogError::io("stat", path, e))?;
+    let size = file.size().map_err(|e| LogError::io("stat", path, e))?;
+    let file_len = limit.map_or(size, |l| l.min(size));
     let mut buf: Vec<u8> = Vec::new();
     let mut pos = 0u64; // file position of buf[0]
     let mut next_offset = base;

@@ -15,6 +15,7 @@ fn config(policy: FsyncPolicy) -> LogConfig {
         segment_bytes: 64 * 1024,
         fsync: policy,
         max_batch_bytes: 16 * 1024,
+        retention: lungfish_log::Retention::default(),
     }
 }
 

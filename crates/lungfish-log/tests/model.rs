@@ -42,6 +42,7 @@ fn config() -> LogConfig {
         segment_bytes: 16 * 1024,
         fsync: FsyncPolicy::Never,
         max_batch_bytes: 16 * 1024,
+        retention: lungfish_log::Retention::default(),
     }
 }
 

@@ -106,6 +106,7 @@ impl DeadLetters {
                 segment_bytes: 64 * 1024 * 1024,
                 fsync,
                 max_batch_bytes: 64 * 1024 * 1024,
+                retention: lungfish_log::Retention::default(),
             },
         )?;
         Ok(DeadLetters { log })

@@ -165,6 +165,7 @@ impl Pipeline {
                 segment_bytes: cfg.log.segment_size,
                 fsync,
                 max_batch_bytes: cfg.log.max_batch_size as usize,
+                retention: cfg.log.retention(),
             },
         )?;
         let dead_letters = DeadLetters::open(cfg.data_dir.join("dlq"), fsync)?;

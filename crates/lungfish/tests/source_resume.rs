@@ -44,6 +44,7 @@ fn log_config() -> LogConfig {
         segment_bytes: 256 * 1024,
         fsync: FsyncPolicy::Never,
         max_batch_bytes: 64 * 1024,
+        retention: lungfish_log::Retention::default(),
     }
 }
 

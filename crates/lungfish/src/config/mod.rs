@@ -260,6 +260,26 @@ pub struct LogSettings {
     pub fsync: FsyncPolicy,
     /// Largest single appended batch, in bytes (64KiB..=1GiB, <= `segment_size`).
     pub max_batch_size: u64,
+    /// Delete segments every consumer has read once a partition holds more than this.
+    pub retention_size: Option<u64>,
+    /// Delete segments every consumer has read once their data is older than this.
+    pub retention_age: Option<Duration>,
+    /// A partition never holds more than this (at least two segments).
+    pub max_size: Option<u64>,
+    /// What happens at `max_size` when consumers have not caught up.
+    pub when_full: WhenFull,
+}
+
+impl LogSettings {
+    /// The log's retention settings.
+    pub fn retention(&self) -> lungfish_log::Retention {
+        lungfish_log::Retention {
+            target_bytes: self.retention_size,
+            max_age: self.retention_age,
+            max_bytes: self.max_size,
+            when_full: self.when_full,
+        }
+    }
 }
 
 impl Default for LogSettings {
@@ -270,6 +290,10 @@ impl Default for LogSettings {
             segment_size: 128 << 20,
             fsync: FsyncPolicy::default(),
             max_batch_size: 8 << 20,
+            retention_size: None,
+            retention_age: None,
+            max_size: None,
+            when_full: WhenFull::Refuse,
         }
     }
 }
@@ -277,6 +301,10 @@ impl Default for LogSettings {
 /// When the log makes appended batches durable: `"always"`, `"every 10ms"` or
 /// `"never"` in a pipeline file (the log's own type).
 pub use lungfish_log::FsyncPolicy;
+
+/// What a full partition does: `"refuse"` appends until consumers catch up (the
+/// default), or `"delete_oldest"` unread data, naming the consumers that lose it.
+pub use lungfish_log::WhenFull;
 
 /// How events are read, batched, windowed and aggregated (`[pipeline]`).
 #[derive(Debug, Clone, PartialEq)]

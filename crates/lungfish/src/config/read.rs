@@ -23,7 +23,7 @@ use super::validate::{self, Issue};
 use super::{
     AggregateSpec, FileSinkConfig, FileSourceConfig, FsyncPolicy, GeneratorConfig, KeyDistribution,
     LogSettings, MetricsConfig, NamedSink, NamedSource, PipelineConfig, ProcessingConfig, Rate,
-    SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WindowSpec,
+    SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -45,7 +45,16 @@ const GENERATOR_KEYS: &[&str] = &[
     "events_per_second",
 ];
 const FILE_SOURCE_KEYS: &[&str] = &["type", "paths"];
-const LOG_KEYS: &[&str] = &["partitions", "segment_size", "fsync", "max_batch_size"];
+const LOG_KEYS: &[&str] = &[
+    "partitions",
+    "segment_size",
+    "fsync",
+    "max_batch_size",
+    "retention_size",
+    "retention_age",
+    "max_size",
+    "when_full",
+];
 const PIPELINE_KEYS: &[&str] = &[
     "key",
     "time",
@@ -525,6 +534,20 @@ impl Reader {
             max_batch_size: self
                 .value(t, "max_batch_size", as_size)
                 .unwrap_or(d.max_batch_size),
+            retention_size: self.value(t, "retention_size", as_size),
+            retention_age: self.value(t, "retention_age", as_duration),
+            max_size: self.value(t, "max_size", as_size),
+            when_full: self
+                .value(t, "when_full", |item| {
+                    one_of(
+                        item,
+                        &[
+                            ("refuse", WhenFull::Refuse),
+                            ("delete_oldest", WhenFull::DeleteOldest),
+                        ],
+                    )
+                })
+                .unwrap_or(d.when_full),
         }
     }
 

@@ -32,6 +32,10 @@ partitions = 4
 segment_size = "128MiB"
 fsync = "every 10ms"
 max_batch_size = "8MiB"
+retention_size = "1GiB"
+retention_age = "7d"
+max_size = "4GiB"
+when_full = "delete_oldest"
 
 [pipeline]
 key = "user"
@@ -171,6 +175,10 @@ fn full_example_parses_to_the_expected_structs() {
             segment_size: 128 * 1024 * 1024,
             fsync: FsyncPolicy::Every(Duration::from_millis(10)),
             max_batch_size: 8 * 1024 * 1024,
+            retention_size: Some(1 << 30),
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            max_size: Some(4 << 30),
+            when_full: WhenFull::DeleteOldest,
         }
     );
 

@@ -167,6 +167,22 @@ fn check_log(out: &mut Issues, log: &LogSettings) {
             ),
         );
     }
+    if let Some(max) = log.max_size
+        && log.segment_size >= 1 << 20
+        && max < 2 * log.segment_size
+    {
+        out.related(
+            vec!["log.max_size".to_owned(), "log.segment_size".to_owned()],
+            format!(
+                "{} must be at least two segments ({}): the active segment is never deleted",
+                format_size(max),
+                format_size(2 * log.segment_size)
+            ),
+        );
+    }
+    if log.retention_age.is_some_and(|a| a.is_zero()) {
+        out.add("log.retention_age", "must be greater than 0");
+    }
     if log.fsync == FsyncPolicy::Every(Duration::ZERO) {
         out.add(
             "log.fsync",
