@@ -497,19 +497,35 @@ fn run_background(
                 return;
             }
         }
+        // A panic here must not end the thread: nothing would become durable again.
         if policy != FsyncPolicy::Never {
             for p in parts {
-                if p.is_dirty()
-                    && let Err(e) = p.sync()
-                {
-                    tracing::error!(partition = p.id, error = %e, "log fsync failed; the partition heals on the next append");
+                if !p.is_dirty() {
+                    continue;
+                }
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.sync())) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(partition = p.id, error = %e, "log fsync failed; the partition heals on the next append")
+                    }
+                    Err(_) => {
+                        p.fail("a panic interrupted an fsync");
+                        tracing::error!(
+                            partition = p.id,
+                            "log fsync panicked; the partition heals on the next append"
+                        );
+                    }
                 }
             }
         }
         if last_retention.elapsed() >= RETENTION_INTERVAL {
             last_retention = std::time::Instant::now();
-            if let Err(e) = retention(parts, offsets, storage, now_ms()) {
-                tracing::error!(error = %e, "log retention failed");
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                retention(parts, offsets, storage, now_ms())
+            })) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "log retention failed"),
+                Err(_) => tracing::error!("log retention panicked; it runs again in a second"),
             }
         }
     }

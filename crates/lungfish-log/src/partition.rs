@@ -613,6 +613,17 @@ impl Partition {
         Ok(())
     }
 
+    /// Marks the partition failed (after a panic in a write or fsync): waiting tickets
+    /// fail and the next append heals it.
+    pub fn fail(&self, reason: &str) {
+        let mut w = self.writer();
+        let err = LogError::Poisoned {
+            partition: self.id,
+            reason: reason.to_owned(),
+        };
+        self.poison(&mut w, &err);
+    }
+
     fn poison(&self, w: &mut Writer, err: &LogError) {
         w.poisoned = Some(err.to_string());
         let mut d = lock(&self.durable);
@@ -1074,27 +1085,37 @@ impl Partition {
         }
     }
 
-    /// Removes the oldest segment: first from the list readers use, then its files, then
-    /// makes the removal durable.
+    /// Removes the oldest segment: first from the list readers use (so no new reader
+    /// opens it), then its files, then makes the removal durable. If the file cannot be
+    /// removed, the segment goes back into the list.
     fn delete_oldest(&self, oldest: &SegmentInfo) -> Result<()> {
-        {
+        let len = oldest.sealed_len.unwrap_or(0);
+        let set_list = |keep_oldest: bool| {
             let mut segs = self
                 .segments
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let list: Vec<SegmentInfo> = segs
+            let mut list: Vec<SegmentInfo> = segs
                 .iter()
                 .filter(|s| s.base != oldest.base)
                 .cloned()
                 .collect();
+            if keep_oldest {
+                list.insert(0, oldest.clone());
+            }
             *segs = Arc::new(list);
+        };
+        set_list(false);
+        self.writer().total_bytes -= len;
+        if let Err(e) = self.storage.remove_file(&oldest.path) {
+            set_list(true);
+            self.writer().total_bytes += len;
+            return Err(LogError::io("remove", &oldest.path, e));
         }
-        self.writer().total_bytes -= oldest.sealed_len.unwrap_or(0);
-        self.storage
-            .remove_file(&oldest.path)
-            .map_err(|e| LogError::io("remove", &oldest.path, e))?;
         let snapshot = self.dir.join(snapshot_name(oldest.base));
         if self.storage.exists(&snapshot) {
+            // A stale snapshot of a deleted segment is harmless (recovery prefers the
+            // newest), so a failure here is reported but changes nothing.
             self.storage
                 .remove_file(&snapshot)
                 .map_err(|e| LogError::io("remove", &snapshot, e))?;
