@@ -46,7 +46,9 @@ pub fn dlq(cmd: Command) -> anyhow::Result<ExitCode> {
         println!("no dead letters: {} does not exist", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let dlq = DeadLetters::open(&dir, FsyncPolicy::Never)?;
+    // Opening a log recovers it (which may write): never while a pipeline uses it.
+    let data_dir = lungfish::data_dir::DataDir::lock(&config.data_dir)?;
+    let dlq = DeadLetters::open(data_dir.dead_letters(), FsyncPolicy::Never)?;
     let mut shown = 0usize;
     let mut matched = 0u64;
     dlq.for_each(0, |offset, entry| {

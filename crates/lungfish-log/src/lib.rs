@@ -121,7 +121,9 @@ mod storage;
 
 pub use config::{FsyncPolicy, LogConfig, Retention, WhenFull};
 pub use error::{LogError, Result};
-pub use format::{BatchBuilder, BatchHeader, BatchView, Producer, Records};
+pub use format::{
+    BatchBuilder, BatchHeader, BatchView, HEADER_LEN as BATCH_HEADER_LEN, Producer, Records,
+};
 pub use log::{Log, PartitionStats};
 pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
 pub use partition::{Appended, DurableTicket, RecoveryReport, RetentionReport};

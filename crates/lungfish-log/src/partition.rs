@@ -133,6 +133,9 @@ pub(crate) struct Partition {
     pub durable_notify: tokio::sync::Notify,
     pub segments: RwLock<Arc<Vec<SegmentInfo>>>,
     recovery_point: Mutex<(recovery_point::Writer, Option<Instant>)>,
+    /// Held for the whole of a sync, so that two syncs (the flusher and `Log::sync`)
+    /// cannot both think the directory entry was made durable.
+    sync_lock: Mutex<()>,
     pub recovery: RecoveryReport,
 }
 
@@ -408,6 +411,15 @@ impl Partition {
                 reason: Some(reason),
             };
         }
+        // After a process crash the tail may exist only in the page cache: make it
+        // durable before it counts as such (and readers or acknowledgements rely on it).
+        if config.fsync != FsyncPolicy::Never {
+            file.sync_data()
+                .map_err(|e| LogError::io("fsync", &path, e))?;
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| LogError::io("fsync directory", &dir, e))?;
+        }
         let writer = Writer {
             file,
             seg_base: base,
@@ -455,6 +467,7 @@ impl Partition {
             durable_notify: tokio::sync::Notify::new(),
             segments: RwLock::new(Arc::new(segments)),
             recovery_point: Mutex::new((recovery_point::Writer::new(&dir, point), None)),
+            sync_lock: Mutex::new(()),
             recovery,
             dir,
         })
@@ -748,6 +761,7 @@ impl Partition {
     /// Makes everything written so far durable. Called by the flusher; safe to call
     /// concurrently (the durable mark only moves forward).
     pub fn sync(&self) -> Result<()> {
+        let _serial = lock(&self.sync_lock);
         let (file, mark, dir_dirty, epoch) = {
             let mut w = self.writer();
             if let Some(reason) = &w.poisoned {

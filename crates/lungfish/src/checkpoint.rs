@@ -29,6 +29,10 @@ pub struct Checkpoint {
     pub through: u64,
     /// Windows ending at or before this time (epoch ms) are closed by this marker.
     pub watermark: i64,
+    /// What the commit records as emitted-through: the watermark, except for the
+    /// end-of-input marker, which closes everything but records only the last window
+    /// that can hold an event seen.
+    pub emitted_through: i64,
     /// The largest event time seen in the partition before `through`.
     pub max_ts: i64,
     /// Late events of this micro-batch written to the dead-letter queue, if any.
@@ -46,6 +50,8 @@ pub struct Completed {
     pub through: u64,
     /// Every window ending at or before this time is durably in every sink.
     pub watermark: i64,
+    /// See [`Checkpoint::emitted_through`].
+    pub emitted_through: i64,
     /// The largest event time seen before `through`.
     pub max_ts: i64,
     /// The dead-letter write of the checkpoint, to wait for before committing.
@@ -81,6 +87,7 @@ impl Checkpoint {
         seq: u64,
         through: u64,
         watermark: i64,
+        emitted_through: i64,
         max_ts: i64,
         dead_letters: Option<DurableTicket>,
         paths: usize,
@@ -91,6 +98,7 @@ impl Checkpoint {
             seq,
             through,
             watermark,
+            emitted_through,
             max_ts,
             dead_letters,
             remaining: AtomicUsize::new(paths),
@@ -114,6 +122,7 @@ impl Checkpoint {
             seq: self.seq,
             through: self.through,
             watermark: self.watermark,
+            emitted_through: self.emitted_through,
             max_ts: self.max_ts,
             dead_letters: self.dead_letters.clone(),
         });
@@ -127,8 +136,8 @@ mod tests {
     #[test]
     fn completes_after_every_path_and_keeps_the_latest() {
         let progress = Arc::new(PartitionProgress::default());
-        let a = Checkpoint::new(0, 1, 10, 1000, 3000, None, 2, progress.clone());
-        let b = Checkpoint::new(0, 2, 20, 2000, 4000, None, 2, progress.clone());
+        let a = Checkpoint::new(0, 1, 10, 1000, 1000, 3000, None, 2, progress.clone());
+        let b = Checkpoint::new(0, 2, 20, 2000, 2000, 4000, None, 2, progress.clone());
         a.ack();
         assert!(progress.latest().is_none());
         b.ack();
@@ -138,7 +147,7 @@ mod tests {
         assert_eq!(progress.latest().unwrap().through, 20);
         // The end-of-input marker shares `through` with the batch before it, and still
         // counts as newer.
-        let c = Checkpoint::new(0, 3, 20, i64::MAX, 4000, None, 1, progress.clone());
+        let c = Checkpoint::new(0, 3, 20, i64::MAX, 3000, 4000, None, 1, progress.clone());
         c.ack();
         assert_eq!(progress.latest().unwrap().watermark, i64::MAX);
     }

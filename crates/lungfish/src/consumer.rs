@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use lungfish_log::{Log, LogError, OffsetCommit, PartitionReader, Producer};
+use lungfish_log::{DurableTicket, Log, LogError, OffsetCommit, PartitionReader};
 
 use crate::checkpoint::{Checkpoint, PartitionProgress};
 use crate::codec::json::JsonExtractor;
@@ -46,6 +46,13 @@ use crate::dlq::{DeadLetter, DeadLetters, now_ms};
 use crate::event::{EventRef, key_hash, shard_for};
 use crate::shard::{ShardBatch, ShardMsg, send_patiently};
 use crate::window::Windowing;
+
+/// A micro-batch is also cut when it holds about this many bytes.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Event times beyond ± this many milliseconds (about ±31,700 years around 1970) are
+/// refused: window arithmetic near the ends of `i64` would saturate.
+pub const MAX_EVENT_TIME: i64 = 1_000_000_000_000_000;
 
 /// What a consumer stores with its committed offset to replay deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +219,16 @@ pub struct Consumer {
     open: Vec<OpenWindow>,
     last_noted: Option<i64>,
     batches: Vec<ShardBatch>,
+    /// Events routed to shards in the current micro-batch.
     pending: usize,
+    /// Approximate bytes held by the current micro-batch (routed and dead-lettered).
+    batch_bytes: usize,
     batch_started: Option<Instant>,
-    late: Vec<DeadLetter>,
-    last_late: u64,
+    /// Dead letters of the current micro-batch, with their offsets.
+    late: Vec<(u64, DeadLetter)>,
+    /// The newest dead-letter append, carried by every later checkpoint: a checkpoint
+    /// is committed only once every dead letter before it is durable.
+    last_dead_letters: Option<DurableTicket>,
     numbers: Vec<f64>,
     processed_since_flush: u64,
     last_marker: Option<(u64, i64)>,
@@ -288,9 +301,10 @@ impl Consumer {
                 .map(|_| batch_with_capacity(partition, per_shard))
                 .collect(),
             pending: 0,
+            batch_bytes: 0,
             batch_started: None,
             late: Vec::new(),
-            last_late: 0,
+            last_dead_letters: None,
             numbers,
             processed_since_flush: 0,
             last_marker: None,
@@ -328,7 +342,7 @@ impl Consumer {
             }
             let chunk = reader.read(self.settings.read_bytes)?;
             if chunk.is_empty() {
-                if self.pending > 0 && self.batch_age() >= self.settings.batch_max_age {
+                if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
                     self.flush(false);
                 }
                 if self.control.stats.sources_done.load(Ordering::SeqCst)
@@ -339,7 +353,7 @@ impl Consumer {
                     return self.finish();
                 }
                 self.maybe_publish();
-                let wait = if self.pending > 0 {
+                let wait = if self.has_batch() {
                     self.settings
                         .batch_max_age
                         .saturating_sub(self.batch_age())
@@ -352,15 +366,31 @@ impl Consumer {
             }
             for (offset, record) in chunk.records() {
                 self.process(offset, record);
-                if self.pending >= self.settings.batch_max_events {
+                if self.pending + self.late.len() >= self.settings.batch_max_events
+                    || self.batch_bytes >= MAX_BATCH_BYTES
+                {
                     self.flush(false);
                 }
             }
-            if self.pending > 0 && self.batch_age() >= self.settings.batch_max_age {
+            if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
                 self.flush(false);
             }
             self.maybe_publish();
         }
+    }
+
+    /// True if the current micro-batch holds anything (events or dead letters).
+    fn has_batch(&self) -> bool {
+        self.pending > 0 || !self.late.is_empty()
+    }
+
+    /// Starts the micro-batch's age clock with its first item.
+    #[inline]
+    fn note_item(&mut self, bytes: usize) {
+        if !self.has_batch() {
+            self.batch_started = Some(Instant::now());
+        }
+        self.batch_bytes += bytes;
     }
 
     fn batch_age(&self) -> Duration {
@@ -400,55 +430,71 @@ impl Consumer {
                     }
                 }
             };
+        if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts) {
+            let reason =
+                format!("event time {ts} is outside the supported range of ±{MAX_EVENT_TIME} ms");
+            self.dead_letter("out_of_range", reason, offset, event.raw);
+            return;
+        }
         let w = self.settings.windowing;
         let watermark = self
             .max_ts
             .saturating_sub(self.settings.out_of_orderness_ms);
+        // Windows ending at or before `closed` are closed: by the watermark, or emitted
+        // by an earlier run (restored state).
+        let closed = self.restored.emitted_through.max(watermark);
         let last_end = w.last_end(ts);
-        if last_end <= watermark {
+        if last_end <= closed {
+            // Every window of the event is closed. Before the restored positions this is a
+            // replay of an event already accounted for (in an emitted window, or in the
+            // dead-letter queue): skip it. After them it is late.
             if offset >= self.restored.processed_through.max(self.late_seq) {
-                let reason = format!(
-                    "late: event time {ts} is in window [{}, {last_end}), which closed at watermark {watermark}",
-                    w.last_start(ts)
-                );
-                self.late.push(DeadLetter {
-                    stage: "window".into(),
-                    kind: "late".into(),
-                    reason,
-                    location: format!("log partition {} offset {offset}", self.partition),
-                    payload: event.raw.to_vec(),
-                    time_ms: now_ms(),
-                    attempts: 1,
-                });
-                self.last_late = offset;
+                let reason = if last_end <= watermark {
+                    format!(
+                        "late: event time {ts} is in window [{}, {last_end}), which closed at watermark {watermark}",
+                        w.last_start(ts)
+                    )
+                } else {
+                    format!(
+                        "late: event time {ts} is in window [{}, {last_end}), which was closed and emitted when an earlier run reached the end of its input",
+                        w.last_start(ts)
+                    )
+                };
+                self.note_item(event.raw.len() + 256);
+                self.late.push((
+                    offset,
+                    DeadLetter {
+                        stage: "window".into(),
+                        kind: "late".into(),
+                        reason,
+                        location: format!("log partition {} offset {offset}", self.partition),
+                        payload: event.raw.to_vec(),
+                        time_ms: now_ms(),
+                        attempts: 1,
+                    },
+                ));
             }
         } else {
-            let cutoff = self.restored.emitted_through.max(watermark);
-            if last_end > cutoff {
-                let hash = key_hash(&key);
-                let shard = shard_for(hash, self.batches.len());
-                self.batches[shard].push(hash, ts, cutoff, &key, self.numbers.iter().copied());
-                if self.pending == 0 {
-                    self.batch_started = Some(Instant::now());
+            let hash = key_hash(&key);
+            let shard = shard_for(hash, self.batches.len());
+            self.note_item(key.len() + 40 + 8 * n);
+            self.batches[shard].push(hash, ts, closed, &key, self.numbers.iter().copied());
+            self.pending += 1;
+            let max_ts_before = self.max_ts;
+            let (open, last_noted) = (&mut self.open, &mut self.last_noted);
+            w.for_each_open(ts, closed, |start| {
+                if *last_noted == Some(start) {
+                    return;
                 }
-                self.pending += 1;
-                let max_ts_before = self.max_ts;
-                let (open, last_noted) = (&mut self.open, &mut self.last_noted);
-                w.for_each_open(ts, cutoff, |start| {
-                    if *last_noted == Some(start) {
-                        return;
-                    }
-                    if !open.iter().any(|o| o.start == start) {
-                        open.push(OpenWindow {
-                            start,
-                            first_offset: offset,
-                            max_ts_before,
-                        });
-                    }
-                    *last_noted = Some(start);
-                });
-            }
-            // Otherwise every window of the event was emitted before a restart: skip.
+                if !open.iter().any(|o| o.start == start) {
+                    open.push(OpenWindow {
+                        start,
+                        first_offset: offset,
+                        max_ts_before,
+                    });
+                }
+                *last_noted = Some(start);
+            });
         }
         self.max_ts = self.max_ts.max(ts);
     }
@@ -457,16 +503,19 @@ impl Consumer {
         if offset < self.restored.processed_through.max(self.late_seq) {
             return;
         }
-        self.late.push(DeadLetter {
-            stage: "consumer".into(),
-            kind: kind.to_owned(),
-            reason,
-            location: format!("log partition {} offset {offset}", self.partition),
-            payload: payload.to_vec(),
-            time_ms: now_ms(),
-            attempts: 1,
-        });
-        self.last_late = offset;
+        self.note_item(payload.len() + 256);
+        self.late.push((
+            offset,
+            DeadLetter {
+                stage: "consumer".into(),
+                kind: kind.to_owned(),
+                reason,
+                location: format!("log partition {} offset {offset}", self.partition),
+                payload: payload.to_vec(),
+                time_ms: now_ms(),
+                attempts: 1,
+            },
+        ));
     }
 
     /// Sends the micro-batch and its marker. With `close_all`, the marker closes every
@@ -483,33 +532,41 @@ impl Consumer {
                 return;
             }
         }
-        let dead_letters = if self.late.is_empty() {
-            None
-        } else {
-            let late = self.late.iter().filter(|d| d.kind == "late").count() as u64;
+        let wrote_dead_letters = !self.late.is_empty();
+        if wrote_dead_letters {
+            let late = self.late.iter().filter(|(_, d)| d.kind == "late").count() as u64;
             self.control.stats.late.fetch_add(late, Ordering::Relaxed);
             metrics::counter!("lungfish_late_events_total").increment(late);
-            let producer = Some(Producer {
-                id: self.late_pid,
-                seq: self.last_late + 1,
-            });
-            match self.dead_letters.append(&self.late, producer) {
-                Ok(a) => Some(a.ticket),
+            match self
+                .dead_letters
+                .append_positioned(&self.late, self.late_pid, None)
+            {
+                Ok(t) => self.last_dead_letters = t.or(self.last_dead_letters.take()),
                 Err(e) => {
                     self.control
                         .abort(format!("dead-letter queue, partition {partition}: {e}"));
                     return;
                 }
             }
-        };
-        self.late.clear();
-        let watermark = if close_all {
-            i64::MAX
+            self.late.clear();
+        }
+        let normal = self.restored.emitted_through.max(
+            self.max_ts
+                .saturating_sub(self.settings.out_of_orderness_ms),
+        );
+        // At the end of the input every window closes; what is recorded as emitted is the
+        // last window that can hold any event seen, so later input (a longer file, a
+        // larger count) finds those windows closed and dead-letters what falls into them,
+        // and is processed normally past them.
+        let (watermark, emitted_through) = if close_all {
+            let last = if self.max_ts == i64::MIN {
+                i64::MIN
+            } else {
+                self.settings.windowing.last_end(self.max_ts)
+            };
+            (i64::MAX, normal.max(last))
         } else {
-            self.restored.emitted_through.max(
-                self.max_ts
-                    .saturating_sub(self.settings.out_of_orderness_ms),
-            )
+            (normal, normal)
         };
         let processed = std::mem::take(&mut self.processed_since_flush);
         self.control
@@ -524,8 +581,9 @@ impl Consumer {
         metrics::gauge!("lungfish_consumer_offset", "partition" => partition.to_string())
             .set(self.through as f64);
         self.pending = 0;
+        self.batch_bytes = 0;
         self.batch_started = None;
-        if self.last_marker == Some((self.through, watermark)) && dead_letters.is_none() {
+        if self.last_marker == Some((self.through, watermark)) && !wrote_dead_letters {
             return;
         }
         self.last_marker = Some((self.through, watermark));
@@ -535,8 +593,9 @@ impl Consumer {
             self.checkpoint_seq,
             self.through,
             watermark,
+            emitted_through,
             self.max_ts,
-            dead_letters,
+            self.last_dead_letters.clone(),
             self.settings.paths,
             self.progress.clone(),
         );
@@ -586,13 +645,18 @@ impl Consumer {
             return true;
         }
         if let Some(t) = &done.dead_letters {
-            let durable = if wait.is_zero() {
-                t.is_durable()
-            } else {
-                t.wait(wait).is_ok()
-            };
-            if !durable {
-                return false; // not durable yet (or failed): commit later, or never
+            match t.wait(wait) {
+                Ok(()) => {}
+                Err(LogError::Timeout(_)) => return false, // not durable yet: later
+                Err(e) => {
+                    // Dead letters before this checkpoint were lost: committing past them
+                    // would lose them for good. Stop; a restart writes them again.
+                    self.control.abort(format!(
+                        "dead-letter queue, partition {}: a write failed: {e}",
+                        self.partition
+                    ));
+                    return true;
+                }
             }
         }
         let w = self.settings.windowing;
@@ -608,7 +672,7 @@ impl Consumer {
             });
         let state = ReplayState {
             max_ts,
-            emitted_through: done.watermark.max(self.restored.emitted_through),
+            emitted_through: done.emitted_through.max(self.restored.emitted_through),
             processed_through: done.through,
         };
         self.committer

@@ -12,7 +12,9 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lungfish_log::{Appended, BatchBuilder, FsyncPolicy, Log, LogConfig, LogError, Producer};
+use lungfish_log::{
+    Appended, BatchBuilder, DurableTicket, FsyncPolicy, Log, LogConfig, LogError, Producer,
+};
 use serde::{Deserialize, Serialize};
 
 /// One dead-lettered event.
@@ -87,6 +89,9 @@ impl DeadLetter {
     }
 }
 
+/// Dead-letter batches are cut at about this size.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// The dead-letter queue of a pipeline. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
@@ -128,6 +133,55 @@ impl DeadLetters {
             batch.push_with(|buf| e.encode(buf));
         }
         self.log.append(0, &mut batch, producer)
+    }
+
+    /// Appends entries, each with its *position* (a number that grows through the
+    /// writer's input: a source position, a log offset), in batches of at most about
+    /// [`MAX_BATCH_BYTES`], whatever their number. Each batch is appended with producer
+    /// position = the position of its last entry + 1, and the last one with `end` if
+    /// given (an empty batch then still records `end`). Entries at positions the producer
+    /// already passed are skipped by the log, so replaying the same input after a crash
+    /// writes nothing twice. Returns the ticket of the last batch appended.
+    ///
+    /// # Errors
+    /// As [`Log::append`]; batches appended before the failure stay.
+    pub fn append_positioned(
+        &self,
+        entries: &[(u64, DeadLetter)],
+        producer_id: u64,
+        end: Option<u64>,
+    ) -> Result<Option<DurableTicket>, LogError> {
+        let mut batch = BatchBuilder::new();
+        let mut ticket = None;
+        let mut last_position = None;
+        for (position, entry) in entries {
+            let size = entry.payload.len() + entry.reason.len() + entry.location.len() + 256;
+            if let Some(last) = last_position
+                && batch.encoded_len() + size > MAX_BATCH_BYTES
+            {
+                let producer = Producer {
+                    id: producer_id,
+                    seq: last + 1,
+                };
+                ticket = Some(self.log.append(0, &mut batch, Some(producer))?.ticket);
+                batch.clear();
+            }
+            batch.push_with(|buf| entry.encode(buf));
+            last_position = Some(*position);
+        }
+        let seq = match (end, last_position) {
+            (Some(end), _) => Some(end),
+            (None, Some(last)) if !batch.is_empty() => Some(last + 1),
+            _ => None,
+        };
+        if let Some(seq) = seq {
+            let producer = Producer {
+                id: producer_id,
+                seq,
+            };
+            ticket = Some(self.log.append(0, &mut batch, Some(producer))?.ticket);
+        }
+        Ok(ticket)
     }
 
     /// The last position `producer_id` appended, if any.
@@ -205,6 +259,26 @@ mod tests {
             time_ms: 5,
             attempts: 1,
         }
+    }
+
+    #[test]
+    fn many_entries_are_split_into_bounded_batches_that_dedupe_on_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let dlq = DeadLetters::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let big = |i: u32| DeadLetter {
+            payload: vec![b'x'; 60 * 1024],
+            ..entry(i)
+        };
+        let entries: Vec<(u64, DeadLetter)> = (0..200).map(|i| (i as u64 * 10, big(i))).collect();
+        dlq.append_positioned(&entries, 7, Some(5000)).unwrap();
+        assert_eq!(dlq.len(), 200);
+        assert_eq!(dlq.producer_seq(7), Some(5000));
+        // Replaying the same input (after a crash) adds nothing.
+        dlq.append_positioned(&entries, 7, Some(5000)).unwrap();
+        assert_eq!(dlq.len(), 200);
+        // Without an end, the position after the last entry is recorded.
+        dlq.append_positioned(&[(6000, entry(1))], 7, None).unwrap();
+        assert_eq!(dlq.producer_seq(7), Some(6001));
     }
 
     #[test]

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use lungfish_log::BatchBuilder;
+use lungfish_log::{BATCH_HEADER_LEN, BatchBuilder};
 
 use crate::codec::json::{FieldNames, JsonExtractor};
+use crate::consumer::MAX_EVENT_TIME;
 use crate::event::{self, key_hash, partition_for};
 
 /// How the lines of a chunk are numbered.
@@ -230,6 +231,32 @@ impl Ingestor {
                         }
                         continue;
                     }
+                    if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ev.ts) {
+                        if position >= skip_rejects {
+                            out.rejects.push(reject(
+                                "out_of_range",
+                                format!(
+                                    "field `{}` is {}, outside the supported range of event times (±{MAX_EVENT_TIME} ms, about ±31,700 years around 1970)",
+                                    self.extractor.fields().time,
+                                    ev.ts
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
+                    let record = RECORD_OVERHEAD + key.len() + id.len() + numbers_len + line.len();
+                    if record + BATCH_HEADER_LEN > self.max_batch_bytes {
+                        if position >= skip_rejects {
+                            out.rejects.push(reject(
+                                "too_large",
+                                format!(
+                                    "the event's record ({record} bytes with its key and id) does not fit in a log batch ({} bytes)",
+                                    self.max_batch_bytes
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     let hash = key_hash(key);
                     let p = partition_for(hash, self.partitions) as usize;
                     if position < skip[p] {
@@ -238,7 +265,6 @@ impl Ingestor {
                     let fields_id = self.fields_id;
                     let ts = ev.ts;
                     let target = &mut out.batches[p];
-                    let record = RECORD_OVERHEAD + key.len() + id.len() + numbers_len + line.len();
                     if !target.open.is_empty()
                         && target.open.encoded_len() + record > self.max_batch_bytes
                     {
@@ -450,6 +476,27 @@ mod tests {
         ingestor(1).ingest(&chunk(&big), &[0], 0, &mut out);
         assert_eq!(out.accepted, 0);
         assert_eq!(out.rejects[0].kind, "too_large");
+    }
+
+    #[test]
+    fn extreme_times_and_records_too_large_for_a_batch_are_rejected() {
+        let ing = Ingestor::new(FieldNames::default(), 1, 60_000, 8 * 1024);
+        let long_key = "k".repeat(7_000);
+        let text = format!(
+            "{{\"user\":\"u\",\"ts\":{},\"value\":1}}\n{{\"user\":\"{long_key}\",\"ts\":1,\"value\":1,\"pad\":\"{}\"}}\n{{\"user\":\"u\",\"ts\":5,\"value\":1}}\n",
+            i64::MAX,
+            "p".repeat(1_500),
+        );
+        let mut out = Ingested::default();
+        ing.ingest(&chunk(&text), &[0], 0, &mut out);
+        let kinds: Vec<_> = out.rejects.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, vec!["out_of_range", "too_large"]);
+        assert!(
+            out.rejects[0].reason.contains("ts"),
+            "{}",
+            out.rejects[0].reason
+        );
+        assert_eq!(out.accepted, 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod control;
+pub mod data_dir;
 pub mod dlq;
 pub mod error;
 pub mod event;

@@ -23,6 +23,7 @@ use lungfish_log::{Log, LogConfig};
 use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
 use crate::control::Control;
+use crate::data_dir::DataDir;
 use crate::dlq::DeadLetters;
 use crate::error::Error;
 use crate::ingest::{IngestPool, Ingestor};
@@ -41,7 +42,9 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Bytes a consumer reads from the log at a time.
 const READ_BYTES: usize = 1 << 20;
 /// Bytes of input per file-source chunk.
-const FILE_CHUNK_BYTES: usize = 1 << 20;
+/// (Rejected lines cost memory beyond their bytes, so chunks stay small: at worst a
+/// chunk of one-byte lines makes 128 Ki rejects.)
+const FILE_CHUNK_BYTES: usize = 256 << 10;
 /// Messages buffered per shard and per sink channel.
 const CHANNEL_MESSAGES: usize = 16;
 
@@ -154,12 +157,11 @@ impl Pipeline {
         let started = Instant::now();
         let cfg = self.config;
         let p = &cfg.pipeline;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            Error::Failed(format!("data directory {}: {e}", cfg.data_dir.display()))
-        })?;
+        let data_dir = DataDir::lock(&cfg.data_dir)?;
+        data_dir.check_key_field(&p.key)?;
         let fsync = cfg.log.fsync;
         let log = Log::open(
-            cfg.data_dir.join("log"),
+            data_dir.log(),
             LogConfig {
                 partitions: cfg.log.partitions,
                 segment_bytes: cfg.log.segment_size,
@@ -168,7 +170,7 @@ impl Pipeline {
                 retention: cfg.log.retention(),
             },
         )?;
-        let dead_letters = DeadLetters::open(cfg.data_dir.join("dlq"), fsync)?;
+        let dead_letters = DeadLetters::open(data_dir.dead_letters(), fsync)?;
         let partitions = log.partitions();
         let number_fields = cfg.number_fields();
         let fields = cfg.field_names();
@@ -246,7 +248,8 @@ impl Pipeline {
         for part in 0..partitions {
             let settings = ConsumerSettings {
                 name: cfg.name.clone(),
-                out_of_orderness_ms: p.out_of_orderness.as_millis() as i64,
+                out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis())
+                    .unwrap_or(i64::MAX),
                 batch_max_events: p.batch_max_events,
                 batch_max_age: p.batch_max_age,
                 read_bytes: READ_BYTES,
@@ -315,10 +318,12 @@ impl Pipeline {
                     Box::new(GeneratorSource::new(&s.name, g.clone(), &field_names))
                 }
                 SourceConfig::File(f) => {
-                    let files = pinned_files(&cfg.data_dir.join("sources"), &s.name, &f.paths)
-                        .map_err(|error| Error::Source {
-                            name: s.name.clone(),
-                            error: error.into(),
+                    let files =
+                        pinned_files(&data_dir.sources(), &s.name, &f.paths).map_err(|error| {
+                            Error::Source {
+                                name: s.name.clone(),
+                                error: error.into(),
+                            }
                         })?;
                     Box::new(FileSource::new(
                         files,
@@ -351,9 +356,14 @@ impl Pipeline {
         if all_finished && !control.is_stopping() {
             // Everything the sources appended is durable: consumers may close all windows
             // once they reach the end.
-            log.sync()?;
-            dead_letters.sync()?;
-            control.stats.sources_done.store(true, Ordering::SeqCst);
+            match log.sync().and_then(|()| dead_letters.sync()) {
+                Ok(()) => control.stats.sources_done.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    // Stop the other stages before returning: never leave threads behind.
+                    control.abort(format!("log: {e}"));
+                    first_error.get_or_insert(Error::Log(e));
+                }
+            }
         }
         for h in consumer_threads {
             if h.join().is_err() {

@@ -98,7 +98,11 @@ pub(crate) fn send_patiently<T>(tx: &Sender<T>, mut msg: T, control: &Control) -
                 }
                 msg = back;
             }
-            Err(SendTimeoutError::Disconnected(_)) => return false,
+            Err(SendTimeoutError::Disconnected(_)) => {
+                // The receiving stage is gone without the pipeline stopping: it failed.
+                control.abort("a pipeline stage stopped unexpectedly");
+                return false;
+            }
         }
     }
 }

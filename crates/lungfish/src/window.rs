@@ -28,7 +28,7 @@ pub struct Windowing {
 impl Windowing {
     /// Windows of the given spec. Sizes are rounded to whole milliseconds, at least 1.
     pub fn new(spec: &WindowSpec) -> Self {
-        let ms = |d: std::time::Duration| (d.as_millis() as i64).max(1);
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
         match spec {
             WindowSpec::Tumbling { size } => Windowing {
                 size: ms(*size),

@@ -144,7 +144,9 @@ pub fn run_source(
     };
     let stage = format!("source:{name}");
     let (reply, results) = bounded::<Done>(64);
-    let max_inflight = 8usize;
+    // Chunks being parsed or waiting to be appended: enough to keep every worker busy,
+    // few enough to bound memory.
+    let max_inflight = 2 * crate::pipeline::cores() + 1;
     let mut inflight = 0usize;
     let mut next_submit = 0u64;
     let mut next_write = 0u64;
@@ -272,13 +274,13 @@ fn write_chunk(
     let stats = &ctx.control.stats;
     if out.end > skip_rejects {
         let time_ms = now_ms();
-        let entries: Vec<DeadLetter> = out
+        let entries: Vec<(u64, DeadLetter)> = out
             .rejects
             .drain(..)
             .map(|r| {
                 metrics::counter!("lungfish_events_rejected_total", "stage" => stage.to_owned(), "kind" => r.kind)
                     .increment(1);
-                DeadLetter {
+                                let entry = DeadLetter {
                     stage: stage.to_owned(),
                     kind: r.kind.to_owned(),
                     reason: r.reason,
@@ -286,15 +288,21 @@ fn write_chunk(
                     payload: r.payload,
                     time_ms,
                     attempts: 1,
-                }
+                };
+                (r.position, entry)
             })
             .collect();
         report.rejected += entries.len() as u64;
         stats
             .rejected
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let a = ctx.dead_letters.append(&entries, producer)?;
-        tickets[skip.len()] = Some(a.ticket);
+        // In batches of bounded size, however many lines the chunk rejected.
+        if let Some(t) = ctx
+            .dead_letters
+            .append_positioned(&entries, pid, Some(out.end))?
+        {
+            tickets[skip.len()] = Some(t);
+        }
     }
     for (p, batches) in out.batches.iter_mut().enumerate() {
         for (batch, seq) in &mut batches.sealed {
