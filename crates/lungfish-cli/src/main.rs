@@ -7,6 +7,7 @@ mod admin;
 mod bench;
 mod dlq;
 mod generate;
+mod log;
 mod run;
 mod validate;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Look at the dead-letter queue of a pipeline.
     #[command(subcommand)]
     Dlq(dlq::Command),
+    /// Inspect, repair or rewind a pipeline's log.
+    #[command(subcommand)]
+    Log(log::Command),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Dlq(cmd) => dlq::dlq(cmd),
+        Command::Log(cmd) => log::log(cmd),
     };
     match result {
         Ok(code) => code,

@@ -116,6 +116,7 @@ mod offsets;
 mod partition;
 mod reader;
 mod recovery_point;
+mod repair;
 mod segment;
 mod storage;
 
@@ -124,8 +125,9 @@ pub use error::{LogError, Result};
 pub use format::{
     BatchBuilder, BatchHeader, BatchView, HEADER_LEN as BATCH_HEADER_LEN, Producer, Records,
 };
-pub use log::{Log, PartitionStats};
+pub use log::{Log, PartitionStats, SegmentStats};
 pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
 pub use partition::{Appended, DurableTicket, RecoveryReport, RetentionReport};
 pub use reader::{Chunk, PartitionReader};
+pub use repair::{Damage, RepairReport, repair, repair_with_storage};
 pub use storage::{FsStorage, ReadFile, Storage, WriteFile};

@@ -49,6 +49,19 @@ struct FlushState {
     dirty: bool,
 }
 
+/// One segment file, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Offset of its first record.
+    pub base_offset: u64,
+    /// Its bytes (the durable part, for the active segment).
+    pub bytes: u64,
+    /// When its first batch was appended (epoch ms), if it has one.
+    pub first_append_ms: Option<i64>,
+    /// True for the active (last) segment.
+    pub active: bool,
+}
+
 /// A summary of one partition, for inspection and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStats {
@@ -153,6 +166,14 @@ impl Log {
                 flusher: Mutex::new(flusher),
             }),
         })
+    }
+
+    /// The number of partitions of the log in `dir`, from its `meta` file.
+    ///
+    /// # Errors
+    /// `dir` holds no log, or its meta file is damaged.
+    pub fn partitions_in(dir: impl AsRef<Path>) -> Result<u32> {
+        read_meta(&FsStorage, &dir.as_ref().join(META_FILE))
     }
 
     /// The log's directory.
@@ -322,6 +343,24 @@ impl Log {
     /// [`LogError::NoSuchPartition`], or a segment cannot be read.
     pub fn offset_for_time(&self, partition: u32, time_ms: i64) -> Result<u64> {
         self.part(partition)?.offset_for_time(time_ms)
+    }
+
+    /// The segments of `partition`, oldest first.
+    ///
+    /// # Errors
+    /// [`LogError::NoSuchPartition`].
+    pub fn segments(&self, partition: u32) -> Result<Vec<SegmentStats>> {
+        let p = self.part(partition)?;
+        let mark = p.durable_mark();
+        Ok(p.segments()
+            .iter()
+            .map(|s| SegmentStats {
+                base_offset: s.base,
+                bytes: s.sealed_len.unwrap_or(mark.position),
+                first_append_ms: p.first_append_time(s),
+                active: s.sealed_len.is_none(),
+            })
+            .collect())
     }
 
     /// Makes everything appended so far durable now, whatever the policy.
@@ -562,7 +601,7 @@ fn retention(
         .collect()
 }
 
-fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
+pub(crate) fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
     let bad = |reason: &str| LogError::BadFile {
         path: path.to_path_buf(),
         reason: reason.to_owned(),

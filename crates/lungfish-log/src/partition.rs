@@ -985,7 +985,7 @@ impl Partition {
     }
 
     /// The append time of the first batch of `segment`, if it has one.
-    fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
+    pub fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
         let file = self.storage.open_read(&segment.path).ok()?;
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, 0).ok()?;

@@ -305,3 +305,97 @@ fn bit_rot_before_the_recovery_point_fails_open_and_after_it_is_cut() {
         "five acknowledged batches and the one before the damage"
     );
 }
+
+#[test]
+fn repair_sets_a_damaged_tail_aside_and_the_log_opens_and_reads_again() {
+    let cfg = LogConfig {
+        segment_bytes: 1 << 20,
+        ..config(Retention::default())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), cfg.clone()).unwrap();
+        fill(&log, 20);
+        log.close().unwrap();
+    }
+    let seg = last_segment(dir.path());
+    let original = fs::read(&seg).unwrap();
+    let mut bytes = original.clone();
+    bytes[5000] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+    assert!(
+        Log::open(dir.path(), cfg.clone()).is_err(),
+        "bit rot before the recovery point fails open"
+    );
+
+    let report = lungfish_log::repair(dir.path()).unwrap();
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    let d = &report.damaged[0];
+    assert_eq!((d.partition, &d.segment), (0, &seg));
+    // Batches are 1056 bytes: a 52-byte header, a 4-byte record length, 1000 bytes.
+    assert!(d.position <= 5000 && d.position % 1056 == 0, "{d:?}");
+    assert_eq!(d.first_lost_offset, d.position / 1056);
+    assert_eq!(d.bytes_moved, original.len() as u64 - d.position);
+    // The moved bytes are kept, not deleted.
+    assert_eq!(
+        fs::read(&d.moved_to).unwrap(),
+        bytes[d.position as usize..].to_vec()
+    );
+
+    let log = Log::open(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(
+        read_offsets(&log, 0),
+        (0..d.first_lost_offset).collect::<Vec<_>>()
+    );
+    // Appends go on after the cut.
+    let mut b = BatchBuilder::new();
+    b.push(b"after repair");
+    assert_eq!(
+        log.append(0, &mut b, None).unwrap().base_offset,
+        d.first_lost_offset
+    );
+    drop(log);
+    assert!(
+        lungfish_log::repair(dir.path()).unwrap().damaged.is_empty(),
+        "a repaired log verifies clean"
+    );
+}
+
+#[test]
+fn damage_in_a_sealed_segment_is_an_error_until_repair_and_then_a_skipped_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+        fill(&log, 60); // about four segments
+        log.close().unwrap();
+    }
+    let first = dir.path().join("p0000").join(format!("{:020}.log", 0));
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[3000] ^= 0x10;
+    fs::write(&first, &bytes).unwrap();
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let mut reader = log.reader(0, 0).unwrap();
+    let err = loop {
+        match reader.read(1 << 20) {
+            Ok(c) if c.is_empty() => panic!("the damage went unnoticed"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    drop(reader);
+    drop(log);
+    let report = lungfish_log::repair(dir.path()).unwrap();
+    assert_eq!(report.damaged.len(), 1);
+    let d = &report.damaged[0];
+    let next = d
+        .end_lost_offset
+        .expect("a later segment says where the loss ends");
+    let log = Log::open(dir.path(), config(Retention::default())).unwrap();
+    let got = read_offsets(&log, 0);
+    let want: Vec<u64> = (0..d.first_lost_offset).chain(next..60).collect();
+    assert_eq!(
+        got, want,
+        "everything outside the damaged range is read, the gap skipped"
+    );
+}

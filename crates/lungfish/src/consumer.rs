@@ -265,6 +265,9 @@ impl Consumer {
     ) -> Result<Self, LogError> {
         let committed = log.committed(&settings.name)?;
         let (start, restored) = match &committed[partition as usize] {
+            // Offsets moved by `lungfish log reset-offsets` carry no state: start fresh
+            // from there (windows are rebuilt from that offset on).
+            Some(c) if c.metadata.is_empty() => (c.offset, ReplayState::INITIAL),
             Some(c) => {
                 let state = ReplayState::decode(&c.metadata).ok_or_else(|| LogError::BadFile {
                     path: log.dir().join("consumers"),
