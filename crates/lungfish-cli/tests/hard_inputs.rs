@@ -140,3 +140,61 @@ fn more_input_after_a_finished_run_is_counted_once_in_a_window_or_as_late() {
         );
     }
 }
+
+#[test]
+fn a_full_log_holds_the_source_back_until_consumers_catch_up() {
+    use lungfish::config::{GeneratorConfig, KeyDistribution};
+    let dir = tempfile::tempdir().unwrap();
+    let config = GeneratorConfig {
+        count: Some(300_000),
+        keys: 200,
+        distribution: KeyDistribution::Zipf,
+        disorder: std::time::Duration::from_secs(1),
+        events_per_second: 20_000,
+        seed: 5,
+        ..GeneratorConfig::default()
+    };
+    std::fs::write(
+        dir.path().join("p.toml"),
+        r#"name = "full"
+data_dir = "data"
+[sources.gen]
+type = "generator"
+count = 300000
+keys = 200
+distribution = "zipf"
+disorder = "1s"
+events_per_second = 20000
+seed = 5
+[log]
+partitions = 1
+segment_size = "1MiB"
+max_batch_size = "128KiB"
+max_size = "16MiB"
+when_full = "refuse"
+[pipeline]
+out_of_orderness = "1s"
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count", "sum(value)", "mean(value)"]
+[sinks.results]
+type = "sqlite"
+path = "out.db"
+"#,
+    )
+    .unwrap();
+    // About 40 MB of events through a log that may hold 16 MiB; the open windows (1 s plus
+    // 1 s of disorder, about 8 MB) fit.
+    let out = run_ok(dir.path(), "p.toml");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the log is full"),
+        "the limit was reached: {stderr}"
+    );
+    let lines = generated_lines("gen", config);
+    let want = batch_windows(lines.iter().map(Vec::as_slice), 1, 1000, 1000, 1000);
+    assert_same_rows(
+        &read_table(&dir.path().join("out.db")),
+        &want.rows,
+        "through a full log",
+    );
+}

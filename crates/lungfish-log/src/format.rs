@@ -190,6 +190,12 @@ pub fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, 
         )));
     }
     let pid = u64_at(36);
+    let (base, count) = (u64_at(12), u32_at(20));
+    if base.checked_add(count as u64).is_none() {
+        return Err(FrameError::Invalid(format!(
+            "offsets {base} + {count} overflow"
+        )));
+    }
     Ok(BatchHeader {
         body_len,
         crc: u32_at(8),
@@ -337,6 +343,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn offsets_that_overflow_are_invalid() {
+        // Found by fuzzing: iterating such a batch overflowed the offset counter.
+        let mut b = BatchBuilder::new();
+        b.push(b"");
+        let frame = b.seal(u64::MAX, 0, None).to_vec();
+        assert!(matches!(
+            BatchView::decode(&frame, 1 << 20),
+            Err(FrameError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -138,6 +138,16 @@ impl Log {
             )?);
         }
         let offsets = OffsetStore::open(&*storage, dir.join("consumers"), config.partitions)?;
+        // The entries of the partition and consumer directories (and of the log's own
+        // directory in its parent) must be durable too, or a crash could lose them whole.
+        storage
+            .sync_dir(&dir)
+            .map_err(|e| LogError::io("fsync directory", &dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            storage
+                .sync_dir(parent)
+                .map_err(|e| LogError::io("fsync directory", parent, e))?;
+        }
         let flush = Arc::new(FlushControl::default());
         let offsets = Arc::new(Mutex::new(offsets));
         let flusher = {

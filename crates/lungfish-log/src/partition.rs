@@ -375,6 +375,22 @@ impl Partition {
             .open_write(&path, false)
             .map_err(|e| LogError::io("open", &path, e))?;
         let file_len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
+        if let Some(p) = point
+            && p.seg_base == base
+            && scanned.valid_len == file_len
+            && file_len < p.position
+        {
+            return Err(LogError::Corrupt {
+                partition: id,
+                segment: path,
+                position: file_len,
+                reason: format!(
+                    "the segment ends at byte {file_len}, before the recovery point ({} bytes are known durable): \
+                     acknowledged data is missing; run `lungfish log repair`",
+                    p.position
+                ),
+            });
+        }
         let mut report = RecoveryReport::default();
         if scanned.valid_len < file_len {
             if let Some(p) = point
@@ -537,7 +553,13 @@ impl Partition {
                 lagging: Vec::new(),
             });
         }
-        if w.seg_len > 0 && w.seg_len + len as u64 > self.segment_bytes {
+        // A segment is named after its first offset, so one that holds no record yet
+        // (only empty batches recording producer positions) must not roll: the next
+        // segment would get its name. It grows past the limit by empty batches only.
+        if w.seg_len > 0
+            && w.seg_len + len as u64 > self.segment_bytes
+            && w.next_offset > w.seg_base
+        {
             self.roll(&mut w)?;
         }
         let base_offset = w.next_offset;

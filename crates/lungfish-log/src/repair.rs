@@ -92,6 +92,29 @@ pub fn repair_with_storage(dir: &Path, storage: Arc<dyn Storage>) -> Result<Repa
             })?;
             report.segments_checked += 1;
             report.batches_ok += batches;
+            // A segment cut short below its recovery point lost acknowledged bytes that
+            // cannot be set aside: record the loss and lower the point.
+            if let Some(point) = recovery_point::read(&*storage, &pdir)
+                && point.seg_base == base
+                && point.position > len
+                && scan.end == ScanEnd::Clean
+            {
+                recovery_point::Writer::new(&pdir, Some(point)).write(&*storage, base, len)?;
+                report.damaged.push(Damage {
+                    partition: p,
+                    segment: path.clone(),
+                    position: len,
+                    reason: format!(
+                        "{} bytes missing before the recovery point",
+                        point.position - len
+                    ),
+                    bytes_moved: 0,
+                    moved_to: PathBuf::new(),
+                    first_lost_offset: scan.next_offset,
+                    end_lost_offset: bases.get(i + 1).copied(),
+                });
+                continue;
+            }
             if scan.end == ScanEnd::Clean {
                 continue;
             }

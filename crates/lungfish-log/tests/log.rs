@@ -430,3 +430,40 @@ fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
         );
     }
 }
+
+#[test]
+fn a_segment_of_only_empty_batches_does_not_roll_onto_itself() {
+    // Found by the crash-point enumeration: rolling a segment with no record gave the new
+    // segment the same name, and writing restarted at byte 0 of the live file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        partitions: 1,
+        segment_bytes: 4096,
+        fsync: FsyncPolicy::Always,
+        max_batch_bytes: 4096,
+        retention: lungfish_log::Retention::default(),
+    };
+    {
+        let log = Log::open(dir.path(), cfg.clone()).unwrap();
+        let a = log.append(0, &mut batch(&[vec![1; 100]]), None).unwrap();
+        a.ticket.wait(WAIT).unwrap();
+        for seq in 1..=300u64 {
+            let a = log
+                .append(0, &mut BatchBuilder::new(), Some(Producer { id: 5, seq }))
+                .unwrap();
+            a.ticket.wait(WAIT).unwrap();
+        }
+        assert_eq!(log.end_offset(0), 1);
+        let a = log.append(0, &mut batch(&[vec![2; 100]]), None).unwrap();
+        a.ticket.wait(WAIT).unwrap();
+        assert_eq!(a.base_offset, 1);
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), cfg).unwrap();
+    assert_eq!(log.producer_seq(0, 5), Some(300));
+    let records: Vec<_> = read_all(&log, 0, 0)
+        .into_iter()
+        .map(|(o, r)| (o, r[0]))
+        .collect();
+    assert_eq!(records, vec![(0, 1), (1, 2)]);
+}

@@ -333,7 +333,10 @@ fn repair_sets_a_damaged_tail_aside_and_the_log_opens_and_reads_again() {
     let d = &report.damaged[0];
     assert_eq!((d.partition, &d.segment), (0, &seg));
     // Batches are 1056 bytes: a 52-byte header, a 4-byte record length, 1000 bytes.
-    assert!(d.position <= 5000 && d.position.is_multiple_of(1056), "{d:?}");
+    assert!(
+        d.position <= 5000 && d.position.is_multiple_of(1056),
+        "{d:?}"
+    );
     assert_eq!(d.first_lost_offset, d.position / 1056);
     assert_eq!(d.bytes_moved, original.len() as u64 - d.position);
     // The moved bytes are kept, not deleted.
@@ -398,4 +401,39 @@ fn damage_in_a_sealed_segment_is_an_error_until_repair_and_then_a_skipped_gap() 
         got, want,
         "everything outside the damaged range is read, the gap skipped"
     );
+}
+
+#[test]
+fn a_segment_cut_short_at_a_batch_boundary_below_the_recovery_point_is_not_silently_accepted() {
+    // Found while fuzzing recovery: losing exactly one whole acknowledged batch opened
+    // without a word.
+    let cfg = LogConfig {
+        segment_bytes: 1 << 20,
+        ..config(Retention::default())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), cfg.clone()).unwrap();
+        fill(&log, 3);
+        log.close().unwrap();
+    }
+    let seg = last_segment(dir.path());
+    let len = fs::metadata(&seg).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 1056)
+        .unwrap();
+    let err = Log::open(dir.path(), cfg.clone()).unwrap_err();
+    assert!(
+        matches!(err, LogError::Corrupt { .. })
+            && err.to_string().contains("acknowledged data is missing"),
+        "{err}"
+    );
+    let report = lungfish_log::repair(dir.path()).unwrap();
+    assert_eq!(report.damaged.len(), 1);
+    assert_eq!(report.damaged[0].first_lost_offset, 2);
+    let log = Log::open(dir.path(), cfg).unwrap();
+    assert_eq!(read_offsets(&log, 0), vec![0, 1]);
 }

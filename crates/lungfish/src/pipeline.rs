@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use lungfish_log::{Log, LogConfig};
+use lungfish_log::{Log, LogConfig, OffsetCommit};
 
 use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
@@ -243,6 +243,22 @@ impl Pipeline {
             p.max_event_size as usize,
             cfg.log.max_batch_size as usize,
         ));
+        // Register the consumer before any data flows, so retention never deletes what
+        // this pipeline has not read (it only respects consumers with offsets).
+        let unregistered: Vec<OffsetCommit<'_>> = log
+            .committed(&cfg.name)?
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_none())
+            .map(|(part, _)| OffsetCommit {
+                partition: part as u32,
+                offset: 0,
+                metadata: b"",
+            })
+            .collect();
+        if !unregistered.is_empty() {
+            log.commit(&cfg.name, &unregistered)?;
+        }
         let committer = Arc::new(Committer::new(log.clone(), &cfg.name));
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {

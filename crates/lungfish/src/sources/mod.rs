@@ -224,7 +224,7 @@ pub fn run_source(
             Err(RecvTimeoutError::Disconnected) => unreachable!("we hold a sender"),
         }
         while let Some(mut done) = ready.remove(&next_write) {
-            write_chunk(
+            let written = write_chunk(
                 ctx,
                 pid,
                 &stage,
@@ -234,6 +234,11 @@ pub fn run_source(
                 &mut tickets,
                 &mut report,
             )?;
+            if !written {
+                // Stopped while the log was full: the log's producer positions say
+                // where to resume.
+                return Ok(report);
+            }
             report.bytes += done.out.input_bytes;
             spare_bufs.push(done.chunk.data);
             spare_outs.push(done.out);
@@ -255,6 +260,8 @@ pub fn run_source(
     Ok(report)
 }
 
+/// Appends a chunk's rejects and batches. Returns false if the pipeline stopped while
+/// the log was full (nothing is lost: the chunk is read again on the next run).
 #[allow(clippy::too_many_arguments)]
 fn write_chunk(
     ctx: &SourceContext,
@@ -265,7 +272,7 @@ fn write_chunk(
     out: &mut Ingested,
     tickets: &mut [Option<DurableTicket>],
     report: &mut SourceReport,
-) -> Result<(), LogError> {
+) -> Result<bool, LogError> {
     let rejected_lines = out.rejects.len() as u64;
     let producer = Some(Producer {
         id: pid,
@@ -296,25 +303,35 @@ fn write_chunk(
         stats
             .rejected
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        // In batches of bounded size, however many lines the chunk rejected.
-        if let Some(t) = ctx
-            .dead_letters
-            .append_positioned(&entries, pid, Some(out.end))?
-        {
-            tickets[skip.len()] = Some(t);
+        // In batches of bounded size, however many lines the chunk rejected. A retry
+        // after a full disk writes nothing twice (producer positions).
+        let appended = waiting_for_space(ctx, || {
+            ctx.dead_letters
+                .append_positioned(&entries, pid, Some(out.end))
+        })?;
+        match appended {
+            None => return Ok(false),
+            Some(Some(t)) => tickets[skip.len()] = Some(t),
+            Some(None) => {}
         }
     }
     for (p, batches) in out.batches.iter_mut().enumerate() {
         for (batch, seq) in &mut batches.sealed {
             if *seq > skip[p] {
-                let a = ctx
-                    .log
-                    .append(p as u32, batch, Some(Producer { id: pid, seq: *seq }))?;
+                let producer = Some(Producer { id: pid, seq: *seq });
+                let Some(a) = waiting_for_space(ctx, || ctx.log.append(p as u32, batch, producer))?
+                else {
+                    return Ok(false);
+                };
                 tickets[p] = Some(a.ticket);
             }
         }
         if out.end > skip[p] {
-            let a = ctx.log.append(p as u32, &mut batches.open, producer)?;
+            let open = &mut batches.open;
+            let Some(a) = waiting_for_space(ctx, || ctx.log.append(p as u32, open, producer))?
+            else {
+                return Ok(false);
+            };
             tickets[p] = Some(a.ticket);
         }
     }
@@ -326,5 +343,36 @@ fn write_chunk(
         .increment(out.accepted);
     metrics::counter!("lungfish_source_bytes_total", "source" => report.name.clone())
         .increment(out.input_bytes);
-    Ok(())
+    Ok(true)
+}
+
+/// Runs `append` until it succeeds. While the log is full (its size limit, or the disk)
+/// it waits and tries again, so a full log holds the source back instead of failing the
+/// pipeline; `None` if the pipeline stops meanwhile.
+fn waiting_for_space<T>(
+    ctx: &SourceContext,
+    mut append: impl FnMut() -> Result<T, LogError>,
+) -> Result<Option<T>, LogError> {
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        match append() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if matches!(e, LogError::Full { .. }) || e.is_disk_full() => {
+                if ctx.control.is_stopping() {
+                    return Ok(None);
+                }
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(
+                        error = %e,
+                        "the log is full: the source waits for consumers to catch up. A consumer commits only up to \
+                         its oldest open window, so if the consumers have read everything (lungfish_consumer_lag is 0) \
+                         the open windows need more room than log.max_size: raise it"
+                    );
+                    last_warning = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
