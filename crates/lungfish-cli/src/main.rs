@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod bench_log;
 mod dlq;
 mod generate;
 mod log;
@@ -36,14 +37,30 @@ enum Command {
     },
     /// Write generated JSON-lines events to standard output or a file.
     Generate(generate::Args),
-    /// Measure parse-only speed against the full pipeline, side by side.
-    Bench(bench::Args),
+    /// Benchmarks: the pipeline against parse-only speed (default), or `bench log`.
+    Bench(BenchCommand),
     /// Look at the dead-letter queue of a pipeline.
     #[command(subcommand)]
     Dlq(dlq::Command),
     /// Inspect, repair or rewind a pipeline's log.
     #[command(subcommand)]
     Log(log::Command),
+}
+
+/// `lungfish bench [log]`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCommand {
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+    #[command(flatten)]
+    pipeline: bench::Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// The log's append and catch-up read throughput against the disk's write bandwidth.
+    Log(bench_log::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +75,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate { files } => validate::validate(&files),
         Command::Generate(args) => generate::generate(args),
-        Command::Bench(args) => bench::bench(args),
+        Command::Bench(b) => match b.what {
+            Some(BenchWhat::Log(args)) => bench_log::bench_log(args),
+            None => bench::bench(b.pipeline),
+        },
         Command::Dlq(cmd) => dlq::dlq(cmd),
         Command::Log(cmd) => log::log(cmd),
     };
