@@ -505,7 +505,10 @@ fn run_background(
     offsets: &Mutex<OffsetStore>,
     storage: &dyn Storage,
 ) {
-    let mut last_retention = std::time::Instant::now();
+        let mut last_retention = std::time::Instant::now();
+    // `every` fsyncs start one interval apart (not an interval after the previous one
+    // ended), so an append waits at most about one interval plus one fsync.
+    let mut next_sync = std::time::Instant::now();
     loop {
         {
             let mut s = lock(&control.state);
@@ -523,11 +526,13 @@ fn run_background(
                     }
                     s.dirty = false;
                 }
-                FsyncPolicy::Every(interval) => {
-                    if !s.stop {
+                                FsyncPolicy::Every(interval) => {
+                    let now = std::time::Instant::now();
+                    next_sync = (next_sync + interval).max(now);
+                    if !s.stop && next_sync > now {
                         s = control
                             .cond
-                            .wait_timeout(s, interval)
+                            .wait_timeout(s, next_sync - now)
                             .unwrap_or_else(PoisonError::into_inner)
                             .0;
                     }
