@@ -44,7 +44,9 @@
 //! DIR/p0000/00000000000000000000.log          segment: batches from offset 0
 //! DIR/p0000/00000000000000001234.log          next segment: first record is offset 1234
 //! DIR/p0000/00000000000000001234.producers    producer state at the start of that segment
+//! DIR/p0000/recovery-point                    last known durable position (two slots)
 //! DIR/consumers/NAME.offsets                  committed offsets of consumer NAME
+//! DIR/damaged/                                tails set aside by `repair`
 //! ```
 //!
 //! A segment is a sequence of batch frames, nothing else. A frame (all integers
@@ -64,43 +66,64 @@
 //! 52  records            record_count x (u32 length, bytes)
 //! ```
 //!
-//! Offsets are per record and contiguous: each batch's `base_offset` is the previous
-//! batch's `base_offset + record_count`, starting at the segment's base (its name).
+//! Offsets are per record and contiguous within a segment: each batch's `base_offset` is
+//! the previous batch's `base_offset + record_count`, starting at the segment's base (its
+//! name). Between segments there may be a gap, left by `repair`; readers skip it.
 //! A producer snapshot holds `"LFP1"`, a count, `(u64 id, u64 seq)` pairs and a CRC32C.
 //! An offsets file holds `"LFO1"`, a count, `(u32 partition, u64 offset, u32 length,
-//! metadata)` entries and a CRC32C of everything before it.
+//! metadata)` entries and a CRC32C of everything before it. The recovery point holds two
+//! 32-byte slots `"LFR1" | u64 seq | u64 segment base | u64 position | u32 CRC32C`.
 //!
 //! # Write and durability rules
 //!
 //! * Batches are written at the end of the active segment with one positioned write.
-//! * A segment is rolled when the next batch would take it past `segment_bytes`: the
-//!   old segment is fsynced first, then the producer snapshot of the new segment is
-//!   written (temporary file, fsync, rename, directory fsync), then the new segment file
-//!   is created. The directory is fsynced before any byte of the new segment counts as
-//!   durable. So a new segment never exists on disk after an old one with a torn tail.
-//! * The flusher thread fsyncs (`Always`: as soon as something was written, sharing one
-//!   fsync among all appends that arrived meanwhile; `Every(d)`: every `d`). After a
-//!   successful fsync the durable mark advances and tickets and readers wake.
-//! * A failed write or fsync *poisons* the partition: its durable mark stops where it
-//!   was, waiting tickets fail, and further appends fail until the log is reopened
-//!   (after a failed fsync the page cache is not trusted). Reopening recovers from what
-//!   is on disk.
+//! * A segment is rolled when the next batch would take it past `segment_bytes` and it
+//!   holds at least one record (a segment is named after its first offset, so one holding
+//!   only empty batches keeps growing instead). The old segment is fsynced first, then the
+//!   producer snapshot of the new segment is written (temporary file, fsync, rename,
+//!   directory fsync), then the new segment file is created. The directory is fsynced
+//!   before any byte of the new segment counts as durable. So a new segment never exists
+//!   on disk after an old one with a torn tail.
+//! * The background thread fsyncs (`Always`: as soon as something was written, sharing
+//!   one fsync among all appends that arrived meanwhile; `Every(d)`: fsyncs start `d`
+//!   apart). After a successful fsync the durable mark advances and tickets and readers
+//!   wake; at most once a second the durable position is also written as the partition's
+//!   recovery point (slot `seq % 2`, fsynced), and on close.
+//! * A failed write or fsync (or a panic in one) *poisons* the partition: its durable mark
+//!   stops, waiting tickets fail. The next append *heals* it: the segment is cut back to
+//!   the durable mark (segments started after it are removed), the producer state is
+//!   rebuilt from the bytes before it, and a new epoch begins. A ticket remembers its
+//!   epoch, so a batch lost to the failure is never reported durable, even when new bytes
+//!   reach its position.
 //! * Offsets and snapshots are replaced atomically: temporary file, fsync, rename,
-//!   directory fsync.
+//!   directory fsync. Every open fsyncs the log's directory and its parent, so the
+//!   partition and consumer directories are durable entries.
+//! * Retention (every second, and [`Log::apply_retention`]) deletes whole segments, oldest
+//!   first, never the active one: beyond `target_bytes` or older than `max_age` once every
+//!   consumer with committed offsets has read past them; at `max_bytes` either appends are
+//!   refused ([`LogError::Full`], naming the lagging consumers) or unread segments are
+//!   deleted and the consumers that lose data named ([`WhenFull`]). A deletion removes the
+//!   segment from the readers' list, then the file, then fsyncs the directory; if the file
+//!   cannot be removed the segment goes back into the list.
 //!
 //! # Recovery rules (on open)
 //!
-//! * Leftover `*.tmp` files are removed.
+//! * Leftover `*.tmp` files are removed, and snapshots of segments that do not exist.
 //! * Sealed segments (all but the last) are trusted as written: they were fsynced before
-//!   the next segment was created. Their batches are checked when read; a bad batch
-//!   is reported as [`LogError::Corrupt`] with partition, segment and byte position,
-//!   never skipped.
+//!   the next segment was created. Their batches are checked when read; a bad batch is
+//!   reported as [`LogError::Corrupt`] with partition, segment and byte position, never
+//!   skipped. [`repair`] checks them all.
 //! * The last segment is scanned from its start, verifying every batch (magic, length,
 //!   CRC32C, record framing, offset continuity). At the first batch that is incomplete
-//!   or fails a check, the file is truncated there and fsynced, and a warning is
-//!   logged with the number of bytes dropped ([`Log::recovery`] reports it too).
-//!   Everything before that point is kept. An acknowledged batch is always before that
-//!   point, because acknowledgement waits for its fsync.
+//!   or fails a check: if it lies at or after the recovery point, it is an unacknowledged
+//!   tail (a torn or reordered write): the file is truncated there and fsynced, and a
+//!   warning says how many bytes were dropped ([`Log::recovery`] reports it too). If it
+//!   lies before the recovery point, acknowledged data is damaged: open fails with
+//!   [`LogError::Corrupt`] naming partition, segment and byte, and [`repair`] moves the
+//!   tail aside (kept in `DIR/damaged/`) and reports what was lost. A last segment shorter
+//!   than its recovery point is damaged the same way.
+//! * The last segment and the directory are fsynced before its bytes count as durable
+//!   (after a process crash they may have been only in the page cache).
 //! * Producer state is loaded from the newest readable snapshot and brought up to date
 //!   by walking the batch headers written after it.
 //! * The partition count is recorded in `meta` and cannot change.
