@@ -505,7 +505,7 @@ fn run_background(
     offsets: &Mutex<OffsetStore>,
     storage: &dyn Storage,
 ) {
-        let mut last_retention = std::time::Instant::now();
+    let mut last_retention = std::time::Instant::now();
     // `every` fsyncs start one interval apart (not an interval after the previous one
     // ended), so an append waits at most about one interval plus one fsync.
     let mut next_sync = std::time::Instant::now();
@@ -526,7 +526,7 @@ fn run_background(
                     }
                     s.dirty = false;
                 }
-                                FsyncPolicy::Every(interval) => {
+                FsyncPolicy::Every(interval) => {
                     let now = std::time::Instant::now();
                     next_sync = (next_sync + interval).max(now);
                     if !s.stop && next_sync > now {
