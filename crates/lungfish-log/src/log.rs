@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{FsyncPolicy, LogConfig};
+use crate::config::{FsyncPolicy, LogConfig, WhenFull};
 use crate::format::{BatchBuilder, Producer};
 use crate::offsets::{ConsumerOffsets, OffsetCommit, OffsetStore};
 use crate::partition::{Appended, Partition, RecoveryReport, RetentionReport, lock};
@@ -305,6 +305,21 @@ impl Log {
     pub fn end_offset(&self, partition: u32) -> u64 {
         self.part(partition)
             .map_or(0, |p| p.durable_mark().next_offset)
+    }
+
+    /// Bytes `partition` can still take before appends fail with [`LogError::Full`];
+    /// `None` when it never refuses (no `max_bytes`, or [`WhenFull::DeleteOldest`]).
+    /// A writer that must not be refused halfway through a request checks this first,
+    /// under its own lock (other writers may append meanwhile).
+    pub fn room(&self, partition: u32) -> Option<u64> {
+        let r = &self.inner.config.retention;
+        match (r.max_bytes, r.when_full) {
+            (Some(limit), WhenFull::Refuse) => Some(
+                self.part(partition)
+                    .map_or(0, |p| limit.saturating_sub(p.total_bytes())),
+            ),
+            _ => None,
+        }
     }
 
     /// The last sequence number `producer_id` appended to `partition`, if any.

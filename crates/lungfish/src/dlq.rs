@@ -135,6 +135,28 @@ impl DeadLetters {
         self.log.append(0, &mut batch, producer)
     }
 
+    /// Appends entries that have no position (a request's rejects), in batches of at
+    /// most about [`MAX_BATCH_BYTES`]. Returns the ticket of the last batch.
+    ///
+    /// # Errors
+    /// As [`Log::append`]; batches appended before the failure stay.
+    pub fn append_all(&self, entries: &[DeadLetter]) -> Result<Option<DurableTicket>, LogError> {
+        let mut batch = BatchBuilder::new();
+        let mut ticket = None;
+        for entry in entries {
+            let size = entry.payload.len() + entry.reason.len() + entry.location.len() + 256;
+            if !batch.is_empty() && batch.encoded_len() + size > MAX_BATCH_BYTES {
+                ticket = Some(self.log.append(0, &mut batch, None)?.ticket);
+                batch.clear();
+            }
+            batch.push_with(|buf| entry.encode(buf));
+        }
+        if !batch.is_empty() {
+            ticket = Some(self.log.append(0, &mut batch, None)?.ticket);
+        }
+        Ok(ticket)
+    }
+
     /// Appends entries, each with its *position* (a number that grows through the
     /// writer's input: a source position, a log offset), in batches of at most about
     /// [`MAX_BATCH_BYTES`], whatever their number. Each batch is appended with producer

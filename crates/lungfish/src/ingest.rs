@@ -146,6 +146,11 @@ impl Ingestor {
         }
     }
 
+    /// The number of log partitions events are routed to.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// The fingerprint of the field names, stored in every record.
     pub fn fields_id(&self) -> u32 {
         self.fields_id

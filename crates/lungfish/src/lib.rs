@@ -26,6 +26,7 @@ pub mod dlq;
 pub mod error;
 pub mod event;
 pub mod ingest;
+pub mod limiter;
 pub mod pipeline;
 mod prefetch;
 pub mod shard;

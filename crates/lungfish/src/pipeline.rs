@@ -329,6 +329,37 @@ impl Pipeline {
         let mut source_threads = Vec::new();
         for s in &cfg.sources {
             let source: Box<dyn ChunkSource> = match &s.config {
+                #[cfg(feature = "http")]
+                SourceConfig::Http(h) => {
+                    let ingestor = Arc::new(Ingestor::new(
+                        cfg.field_names(),
+                        partitions,
+                        h.max_event_size.unwrap_or(p.max_event_size) as usize,
+                        cfg.log.max_batch_size as usize,
+                    ));
+                    let (name, ctx, h, consumer) =
+                        (s.name.clone(), ctx.clone(), h.clone(), cfg.name.clone());
+                    source_threads.push((
+                        s.name.clone(),
+                        spawn(&format!("lungfish-source-{}", s.name), move || {
+                            crate::sources::http::run_http_source(
+                                &name, &h, ingestor, &consumer, &ctx,
+                            )
+                        }),
+                    ));
+                    continue;
+                }
+                #[cfg(not(feature = "http"))]
+                SourceConfig::Http(_) => {
+                    return Err(Error::Source {
+                        name: s.name.clone(),
+                        error: crate::sources::SourceError::Config(
+                            "this build of lungfish has no HTTP source (cargo feature `http`)"
+                                .to_owned(),
+                        )
+                        .into(),
+                    });
+                }
                 SourceConfig::Generator(g) => {
                     let field_names = cfg.field_names();
                     Box::new(GeneratorSource::new(&s.name, g.clone(), &field_names))

@@ -139,19 +139,109 @@ pub enum SourceConfig {
     Generator(GeneratorConfig),
     /// `type = "file"`: JSON lines read from files.
     File(FileSourceConfig),
+    /// `type = "http"`: events POSTed to `/v1/events`.
+    Http(HttpSourceConfig),
 }
 
 impl SourceConfig {
     /// The known source types, as written in `type`.
-    pub const TYPES: [&'static str; 2] = ["generator", "file"];
+    pub const TYPES: [&'static str; 3] = ["generator", "file", "http"];
 
     /// The `type` of this source in a pipeline file.
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceConfig::Generator(_) => "generator",
             SourceConfig::File(_) => "file",
+            SourceConfig::Http(_) => "http",
         }
     }
+}
+
+/// An HTTP source: clients POST events to `/v1/events` and get an answer once the
+/// accepted events are durable in the log. See [`crate::sources::http`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSourceConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub address: std::net::SocketAddr,
+    /// Largest request body, compressed or decompressed (413 over it).
+    pub max_body_size: u64,
+    /// Largest single event; `None`: the pipeline's `max_event_size`.
+    pub max_event_size: Option<u64>,
+    /// Body formats accepted (415 for others).
+    pub formats: Vec<BodyFormat>,
+    /// Content encodings accepted besides `identity` (415 for others).
+    pub encodings: Vec<ContentEncoding>,
+    /// Open connections at most; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Request bytes (read, decompressed and parsed) held at once, over all requests;
+    /// over it, requests wait up to `body_timeout`, then get 503.
+    pub max_inflight_bytes: u64,
+    /// Time allowed to send a request's headers, and to keep an idle connection.
+    pub header_timeout: Duration,
+    /// Time allowed to send a request's body.
+    pub body_timeout: Duration,
+    /// Longest wait for the accepted events to become durable before answering 503.
+    pub ack_timeout: Duration,
+    /// How long an `Idempotency-Key` is remembered (0: the header is ignored).
+    pub idempotency_horizon: Duration,
+    /// Keys remembered at most; the oldest are forgotten first.
+    pub idempotency_max_keys: usize,
+    /// Events appended but not yet committed by the pipeline, at most; over it, 503.
+    pub max_lag: Option<u64>,
+    /// Per-client token bucket: events per second, if limited (429 over it).
+    pub rate_limit: Option<f64>,
+    /// Per-client bucket size in events (default: one second of `rate_limit`).
+    pub rate_limit_burst: Option<u64>,
+    /// Header naming the client for rate limits and idempotency keys; the peer's IP
+    /// address when absent.
+    pub client_header: Option<String>,
+    /// `Retry-After` sent with 429 (at least) and 503.
+    pub retry_after: Duration,
+}
+
+impl HttpSourceConfig {
+    /// Defaults: 16 MiB bodies, JSON and NDJSON, gzip and zstd, 1024 connections,
+    /// 256 MiB in flight, 10 s for headers, 30 s for a body, 10 s to acknowledge,
+    /// idempotency keys kept 10 min (at most 100,000), no lag limit, no rate limit.
+    pub fn new(address: std::net::SocketAddr) -> Self {
+        Self {
+            address,
+            max_body_size: 16 << 20,
+            max_event_size: None,
+            formats: vec![BodyFormat::Json, BodyFormat::Ndjson],
+            encodings: vec![ContentEncoding::Gzip, ContentEncoding::Zstd],
+            max_connections: 1024,
+            max_inflight_bytes: 256 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(10),
+            idempotency_horizon: Duration::from_secs(600),
+            idempotency_max_keys: 100_000,
+            max_lag: None,
+            rate_limit: None,
+            rate_limit_burst: None,
+            client_header: None,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A request body format of the HTTP source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/json`: one JSON object, or an array of them (`"json"`).
+    Json,
+    /// `application/x-ndjson`: one JSON object per line (`"ndjson"`).
+    Ndjson,
+}
+
+/// A `Content-Encoding` the HTTP source can decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentEncoding {
+    /// `gzip`.
+    Gzip,
+    /// `zstd`.
+    Zstd,
 }
 
 /// A generator of synthetic, seeded events.

@@ -21,9 +21,10 @@ use super::suggest::closest;
 use super::units::{parse_duration, parse_size};
 use super::validate::{self, Issue};
 use super::{
-    AggregateSpec, FileSinkConfig, FileSourceConfig, FsyncPolicy, GeneratorConfig, KeyDistribution,
-    LogSettings, MetricsConfig, NamedSink, NamedSource, PipelineConfig, ProcessingConfig, Rate,
-    SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
+    AggregateSpec, BodyFormat, ContentEncoding, FileSinkConfig, FileSourceConfig, FsyncPolicy,
+    GeneratorConfig, HttpSourceConfig, KeyDistribution, LogSettings, MetricsConfig, NamedSink,
+    NamedSource, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig,
+    SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -45,6 +46,26 @@ const GENERATOR_KEYS: &[&str] = &[
     "events_per_second",
 ];
 const FILE_SOURCE_KEYS: &[&str] = &["type", "paths"];
+const HTTP_SOURCE_KEYS: &[&str] = &[
+    "type",
+    "address",
+    "max_body_size",
+    "max_event_size",
+    "formats",
+    "encodings",
+    "max_connections",
+    "max_inflight_bytes",
+    "header_timeout",
+    "body_timeout",
+    "ack_timeout",
+    "idempotency_horizon",
+    "idempotency_max_keys",
+    "max_lag",
+    "rate_limit",
+    "rate_limit_burst",
+    "client_header",
+    "retry_after",
+];
 const LOG_KEYS: &[&str] = &[
     "partitions",
     "segment_size",
@@ -464,6 +485,10 @@ impl Reader {
                     Some(file) => SourceConfig::File(file),
                     None => continue,
                 },
+                Some("http") => match self.http_source(&source) {
+                    Some(http) => SourceConfig::Http(http),
+                    None => continue,
+                },
                 _ => continue,
             };
             sources.push(NamedSource {
@@ -520,6 +545,94 @@ impl Reader {
             paths.push(path);
         }
         Some(FileSourceConfig { paths })
+    }
+
+    fn http_source(&mut self, t: &Tbl<'_>) -> Option<HttpSourceConfig> {
+        self.unknown_keys(t, HTTP_SOURCE_KEYS);
+        let address = self.required(t, "address", "address = \"127.0.0.1:8080\"");
+        let address = address.and_then(|_| self.value(t, "address", as_socket_addr))?;
+        let d = HttpSourceConfig::new(address);
+        let formats = match self.entry(t, "formats") {
+            Some(entry) => {
+                let array = self.array(&entry, "[\"json\", \"ndjson\"]")?;
+                let mut formats = Vec::new();
+                for (file_path, span, name) in self.strings(&entry, array) {
+                    match name.as_str() {
+                        "json" => formats.push(BodyFormat::Json),
+                        "ndjson" => formats.push(BodyFormat::Ndjson),
+                        other => {
+                            self.fail(
+                                span.start,
+                                &file_path,
+                                format!(
+                                    "unknown format `{other}`: expected \"json\" or \"ndjson\""
+                                ),
+                            );
+                        }
+                    }
+                }
+                formats
+            }
+            None => d.formats.clone(),
+        };
+        let encodings = match self.entry(t, "encodings") {
+            Some(entry) => {
+                let array = self.array(&entry, "[\"gzip\", \"zstd\"]")?;
+                let mut encodings = Vec::new();
+                for (file_path, span, name) in self.strings(&entry, array) {
+                    match name.as_str() {
+                        "gzip" => encodings.push(ContentEncoding::Gzip),
+                        "zstd" => encodings.push(ContentEncoding::Zstd),
+                        other => {
+                            self.fail(
+                                span.start,
+                                &file_path,
+                                format!("unknown encoding `{other}`: expected \"gzip\" or \"zstd\" (identity is always accepted)"),
+                            );
+                        }
+                    }
+                }
+                encodings
+            }
+            None => d.encodings.clone(),
+        };
+        Some(HttpSourceConfig {
+            address,
+            max_body_size: self
+                .value(t, "max_body_size", as_size)
+                .unwrap_or(d.max_body_size),
+            max_event_size: self.value(t, "max_event_size", as_size),
+            formats,
+            encodings,
+            max_connections: self
+                .value(t, "max_connections", as_uint)
+                .unwrap_or(d.max_connections),
+            max_inflight_bytes: self
+                .value(t, "max_inflight_bytes", as_size)
+                .unwrap_or(d.max_inflight_bytes),
+            header_timeout: self
+                .value(t, "header_timeout", as_duration)
+                .unwrap_or(d.header_timeout),
+            body_timeout: self
+                .value(t, "body_timeout", as_duration)
+                .unwrap_or(d.body_timeout),
+            ack_timeout: self
+                .value(t, "ack_timeout", as_duration)
+                .unwrap_or(d.ack_timeout),
+            idempotency_horizon: self
+                .value(t, "idempotency_horizon", as_duration)
+                .unwrap_or(d.idempotency_horizon),
+            idempotency_max_keys: self
+                .value(t, "idempotency_max_keys", as_uint)
+                .unwrap_or(d.idempotency_max_keys),
+            max_lag: self.value(t, "max_lag", as_uint),
+            rate_limit: self.value(t, "rate_limit", as_float),
+            rate_limit_burst: self.value(t, "rate_limit_burst", as_uint),
+            client_header: self.value(t, "client_header", as_string),
+            retry_after: self
+                .value(t, "retry_after", as_duration)
+                .unwrap_or(d.retry_after),
+        })
     }
 
     fn log(&mut self, t: &Tbl<'_>) -> LogSettings {

@@ -774,7 +774,7 @@ type = "file"
             (
                 1,
                 "sources.gen.type",
-                "missing required field `type`; known source types: generator, file"
+                "missing required field `type`; known source types: generator, file, http"
             ),
             (
                 2,
@@ -1340,4 +1340,131 @@ fn default_pipeline_lacks_only_sources_and_sinks() {
     let errors = PipelineConfig::default().validate().unwrap_err();
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["sources", "sinks"]);
+}
+
+const HTTP_SOURCE: &str = r#"name = "edge"
+[sources.api]
+type = "http"
+address = "0.0.0.0:8080"
+max_body_size = "4MiB"
+max_event_size = "2KiB"
+formats = ["ndjson"]
+encodings = ["zstd"]
+max_connections = 100
+max_inflight_bytes = "64MiB"
+header_timeout = "5s"
+body_timeout = "20s"
+ack_timeout = "3s"
+idempotency_horizon = "1h"
+idempotency_max_keys = 5000
+max_lag = 1_000_000
+rate_limit = 2500.5
+rate_limit_burst = 10000
+client_header = "x-client-id"
+retry_after = "3s"
+[pipeline]
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count"]
+[sinks.out]
+type = "stdout"
+"#;
+
+#[test]
+fn an_http_source_reads_every_setting() {
+    let config = parse(HTTP_SOURCE).unwrap();
+    let SourceConfig::Http(http) = &config.sources[0].config else {
+        panic!("{:?}", config.sources[0]);
+    };
+    let want = HttpSourceConfig {
+        address: "0.0.0.0:8080".parse().unwrap(),
+        max_body_size: 4 << 20,
+        max_event_size: Some(2048),
+        formats: vec![BodyFormat::Ndjson],
+        encodings: vec![ContentEncoding::Zstd],
+        max_connections: 100,
+        max_inflight_bytes: 64 << 20,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(20),
+        ack_timeout: Duration::from_secs(3),
+        idempotency_horizon: Duration::from_secs(3600),
+        idempotency_max_keys: 5000,
+        max_lag: Some(1_000_000),
+        rate_limit: Some(2500.5),
+        rate_limit_burst: Some(10000),
+        client_header: Some("x-client-id".into()),
+        retry_after: Duration::from_secs(3),
+    };
+    assert_eq!(http, &want);
+    // Only the address is required.
+    let text = "[sources.api]\ntype = \"http\"\naddress = \"127.0.0.1:9000\"\n[pipeline]\nwindow = { type = \"tumbling\", size = \"1s\" }\naggregates = [\"count\"]\n[sinks.out]\ntype = \"stdout\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(
+        config.sources[0].config,
+        SourceConfig::Http(HttpSourceConfig::new("127.0.0.1:9000".parse().unwrap()))
+    );
+}
+
+#[test]
+fn http_source_errors_name_their_field() {
+    let text = HTTP_SOURCE.replace("formats = [\"ndjson\"]", "formats = [\"xml\"]");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"xml\"",
+        "sources.api.formats[0]",
+        "unknown format `xml`",
+    );
+    let text = HTTP_SOURCE.replace("encodings = [\"zstd\"]", "encodings = [\"br\"]");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"br\"",
+        "sources.api.encodings[0]",
+        "unknown encoding `br`",
+    );
+    let text = HTTP_SOURCE.replace(
+        "max_inflight_bytes = \"64MiB\"",
+        "max_inflight_bytes = \"1MiB\"",
+    );
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"1MiB\"",
+        "sources.api.max_inflight_bytes",
+        "at least max_body_size",
+    );
+    let text = HTTP_SOURCE.replace("rate_limit = 2500.5", "rate_limit = -0.5");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "-0.5",
+        "sources.api.rate_limit",
+        "greater than 0",
+    );
+    let text = HTTP_SOURCE.replace(
+        "client_header = \"x-client-id\"",
+        "client_header = \"x client\"",
+    );
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"x client\"",
+        "sources.api.client_header",
+        "not a valid HTTP header name",
+    );
+    let text = HTTP_SOURCE.replace("address = \"0.0.0.0:8080\"", "adress = \"0.0.0.0:8080\"");
+    let found = errors(&text);
+    assert!(
+        found.iter().any(|e| e.message.contains("address")),
+        "{}",
+        ConfigErrors(found.clone())
+    );
+    let text = format!("{HTTP_SOURCE}[metrics]\naddress = \"127.0.0.1:8080\"\n");
+    let e = single(&text);
+    assert!(e.message.contains("also used by metrics.address"), "{e}");
 }

@@ -7,8 +7,8 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggregateSpec, FsyncPolicy, GeneratorConfig, LogSettings, PipelineConfig, ProcessingConfig,
-    Rate, SinkConfig, SourceConfig, WindowSpec,
+    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, PipelineConfig,
+    ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
 };
 
 /// One problem. `fields[0]` is the field the problem is reported at; the others are the
@@ -81,6 +81,31 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
                     out.non_empty(index(&paths, i), p);
                 }
             }
+            SourceConfig::Http(http) => check_http(&mut out, &path, http),
+        }
+    }
+
+    let mut listeners: Vec<(std::net::SocketAddr, String)> = config
+        .metrics
+        .iter()
+        .map(|m| (m.address, "metrics.address".to_owned()))
+        .collect();
+    for source in &config.sources {
+        if let SourceConfig::Http(http) = &source.config {
+            let field = join(&join("sources", &source.name), "address");
+            if let Some((_, other)) = listeners.iter().find(|(a, _)| {
+                a.port() == http.address.port()
+                    && a.port() != 0
+                    && (a.ip() == http.address.ip()
+                        || a.ip().is_unspecified()
+                        || http.address.ip().is_unspecified())
+            }) {
+                out.related(
+                    vec![field.clone(), other.clone()],
+                    format!("{} is also used by {other}", http.address),
+                );
+            }
+            listeners.push((http.address, field));
         }
     }
 
@@ -116,6 +141,76 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
         out.positive(join(&path, "batch_max_age"), age);
     }
     out.0
+}
+
+fn check_http(out: &mut Issues, path: &str, http: &HttpSourceConfig) {
+    let field = |name| join(path, name);
+    if http.max_body_size < 1024 {
+        out.add(field("max_body_size"), "must be at least 1KiB");
+    }
+    if http.max_event_size == Some(0) {
+        out.add(field("max_event_size"), "must be at least 1 byte");
+    }
+    if http.formats.is_empty() {
+        out.add(
+            field("formats"),
+            "must list at least one of \"json\", \"ndjson\"",
+        );
+    }
+    out.at_least_one(field("max_connections"), http.max_connections as u64);
+    if http.max_inflight_bytes < http.max_body_size {
+        out.related(
+            vec![field("max_inflight_bytes"), field("max_body_size")],
+            format!(
+                "must be at least max_body_size ({}), or no request of the largest size could be taken",
+                format_size(http.max_body_size)
+            ),
+        );
+    }
+    out.positive(field("header_timeout"), http.header_timeout);
+    out.positive(field("body_timeout"), http.body_timeout);
+    out.positive(field("ack_timeout"), http.ack_timeout);
+    if !http.idempotency_horizon.is_zero() {
+        out.at_least_one(
+            field("idempotency_max_keys"),
+            http.idempotency_max_keys as u64,
+        );
+    }
+    if http.max_lag == Some(0) {
+        out.add(
+            field("max_lag"),
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
+    if let Some(rate) = http.rate_limit
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        out.add(
+            field("rate_limit"),
+            "must be a number of events per second greater than 0 (leave it out for no limit)",
+        );
+    }
+    if http.rate_limit_burst == Some(0) {
+        out.add(field("rate_limit_burst"), "must be at least 1");
+    }
+    if http.rate_limit_burst.is_some() && http.rate_limit.is_none() {
+        out.related(
+            vec![field("rate_limit_burst"), field("rate_limit")],
+            "has no effect without rate_limit",
+        );
+    }
+    if let Some(header) = &http.client_header
+        && (header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    {
+        out.add(
+            field("client_header"),
+            format!("`{header}` is not a valid HTTP header name"),
+        );
+    }
+    out.positive(field("retry_after"), http.retry_after);
 }
 
 fn check_generator(out: &mut Issues, path: &str, generator: &GeneratorConfig) {

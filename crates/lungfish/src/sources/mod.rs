@@ -17,6 +17,8 @@
 
 pub mod file;
 pub mod generator;
+#[cfg(feature = "http")]
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
