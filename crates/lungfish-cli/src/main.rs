@@ -8,6 +8,7 @@ mod bench;
 mod bench_log;
 mod dlq;
 mod generate;
+mod load;
 mod log;
 mod run;
 mod validate;
@@ -45,6 +46,8 @@ enum Command {
     /// Inspect, repair or rewind a pipeline's log.
     #[command(subcommand)]
     Log(log::Command),
+    /// Send events to an HTTP source with a chosen traffic shape, and report rates and acknowledgement latency.
+    Load(load::Args),
 }
 
 /// `lungfish bench [log]`.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         },
         Command::Dlq(cmd) => dlq::dlq(cmd),
         Command::Log(cmd) => log::log(cmd),
+        Command::Load(args) => load::load(args),
     };
     match result {
         Ok(code) => code,

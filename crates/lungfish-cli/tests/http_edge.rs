@@ -309,7 +309,7 @@ max_connections = 16"#,
         let mut buf = [0u8; 512];
         let read = s.read(&mut buf);
         s.set_nonblocking(false).unwrap();
-        if matches!(read, Ok(_)) {
+        if read.is_ok() {
             cut = true; // EOF or an error response
             break;
         }

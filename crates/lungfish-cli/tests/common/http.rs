@@ -137,6 +137,12 @@ impl Server {
     /// with no allowed disorder, a SQLite sink `out.db`, and `extra` at the end) and
     /// starts the pipeline.
     pub fn start(source_extra: &str, extra: &str) -> Server {
+        Self::start_with(source_extra, "out_of_orderness = \"1ms\"", extra)
+    }
+
+    /// Like [`start`](Self::start), with `pipeline` as the `[pipeline]` table's settings
+    /// besides the window and aggregates.
+    pub fn start_with(source_extra: &str, pipeline: &str, extra: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         std::fs::write(
@@ -151,7 +157,7 @@ address = "127.0.0.1:{port}"
 {source_extra}
 
 [pipeline]
-out_of_orderness = "1ms"
+{pipeline}
 window = {{ type = "tumbling", size = "1s" }}
 aggregates = ["count", "sum(value)", "mean(value)"]
 
