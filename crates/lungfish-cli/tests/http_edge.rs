@@ -477,3 +477,44 @@ fn shutting_down_refuses_new_requests_and_finishes_running_ones() {
     let status = wait_timeout(&mut child, Duration::from_secs(20));
     assert!(status.success());
 }
+
+#[test]
+fn bytes_in_flight_are_bounded() {
+    let server = Server::start(
+        "max_body_size = \"1MiB\"\nmax_inflight_bytes = \"1MiB\"\nbody_timeout = \"1s\"\nclient_header = \"x-client-id\"",
+        "",
+    );
+    let port = server.port;
+    // A request that declares the largest body holds the whole budget while it trickles.
+    let mut hog = connect(port);
+    hog.write_all(b"POST /v1/events HTTP/1.1\r\nhost: t\r\nx-client-id: hog\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\ncontent-length: 1048576\r\n\r\n  ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Another request waits for room: it is taken only once the hog is cut off.
+    let started = Instant::now();
+    let r = post(
+        port,
+        "b",
+        "application/x-ndjson",
+        event("k-b", T0).as_bytes(),
+    );
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        waited >= Duration::from_millis(700),
+        "taken after {waited:?}, while the budget was held"
+    );
+    let mut out = Vec::new();
+    let _ = hog.read_to_end(&mut out);
+    assert_eq!(parse_response(&out).map(|r| r.status), Some(408));
+    // Without a hog there is no wait.
+    let started = Instant::now();
+    let r = post(
+        port,
+        "b",
+        "application/x-ndjson",
+        event("k-b", T0).as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(700));
+}
