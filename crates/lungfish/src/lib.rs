@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)] // allowed in one place only: `prefetch`
 
+pub mod breaker;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod limiter;
 pub mod pipeline;
 mod prefetch;
+pub mod retry;
 pub mod shard;
 pub mod sinks;
 pub mod sources;
