@@ -12,6 +12,10 @@
 //! state) -> [`sinks`], with [`checkpoint`] markers deciding what is committed and
 //! [`dlq`] keeping what could not go on. [`pipeline`] wires it all from a [`config`].
 //! `docs/ARCHITECTURE.md` tells the same story at length.
+//!
+//! Parts usable on their own: [`limiter`] (token buckets, per client), [`retry`]
+//! (backoff with full jitter, retry budgets), [`breaker`] (circuit breaker), and the log
+//! itself ([`lungfish_log`]).
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)] // allowed in one place only: `prefetch`
