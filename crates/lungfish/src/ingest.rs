@@ -308,7 +308,7 @@ struct Job {
 
 /// A finished job: the chunk (to reuse its buffer) and the result.
 pub struct Done {
-    /// The sequence number given to [`IngestPool::submit`].
+    /// The sequence number given to `IngestPool::submit`.
     pub seq: u64,
     /// The chunk, returned for buffer reuse.
     pub chunk: RawChunk,

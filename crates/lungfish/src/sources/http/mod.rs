@@ -35,7 +35,7 @@
 //! batches of other partitions may stay: the rare duplicate on retry is preferred to a
 //! loss.
 //!
-//! **Idempotency.** See [`idempotency`]: a retry with the same `Idempotency-Key`
+//! **Idempotency.** (`idempotency.rs`) a retry with the same `Idempotency-Key`
 //! (per client: the `client_header`'s value, or the peer's IP address) within
 //! `idempotency_horizon` gets the first answer and appends nothing.
 //!
