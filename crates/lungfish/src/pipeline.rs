@@ -215,7 +215,8 @@ impl Pipeline {
             descriptions.push((name.clone(), sink.describe(), sink.query_hint()));
             let (tx, rx) = bounded::<SinkMsg>(CHANNEL_MESSAGES);
             sink_txs.push(tx);
-            let driver = SinkDriver::new(&name, sink, settings, control.clone());
+            let driver = SinkDriver::new(&name, sink, settings, control.clone())
+                .with_dead_letters(dead_letters.clone());
             sink_threads.push(spawn(&format!("lungfish-sink-{name}"), move || {
                 driver.run(rx)
             }));

@@ -3,11 +3,16 @@
 //! Every sink has the same contract ([`Sink`]): it receives whole batches of rows in
 //! order, writes each batch durably (one transaction where the store has them), and
 //! only then returns. The [`SinkDriver`] in front of it collects rows from the shards
-//! into batches of up to `batch_max_rows` rows or `batch_max_age` age, retries a failed
-//! write a bounded number of times with exponential backoff, and acknowledges the
-//! checkpoint markers that followed the rows only after their batch is written. A sink
-//! that keeps failing stops the pipeline: nothing past the failure is committed, so
-//! nothing is lost.
+//! into batches of up to `batch_max_rows` rows or `batch_max_age` age, retries a
+//! transiently failed write with exponential backoff and full jitter while its attempts
+//! (`max_attempts`) and the sink's retry budget ([`crate::retry::RetryBudget`]: a share
+//! of its recent writes) last, and acknowledges the checkpoint markers that followed the
+//! rows only after their batch is written. When the store refuses rows
+//! ([`SinkError::rejected_rows`]: a constraint, a type), the batch is split in halves
+//! until the refused rows are alone; the others are written and the refused ones go to
+//! the dead-letter queue (stage `sink:NAME`, kind `rejected_row`, the row as JSON), durably
+//! before the markers are acknowledged. A sink that keeps failing otherwise stops the
+//! pipeline: nothing past the failure is committed, so nothing is lost.
 //!
 //! Rows are complete windows keyed by (window start, key); a sink that writes them
 //! idempotently (SQLite's upsert) makes replays after a crash change nothing.
@@ -24,6 +29,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::checkpoint::Checkpoint;
 use crate::control::Control;
+use crate::dlq::{DeadLetter, DeadLetters, now_ms};
+use crate::error::Domain;
+use crate::retry::{Backoff, BudgetSettings, RetryBudget};
 use crate::shard::SinkMsg;
 use crate::window::{ColumnKind, RowSchema, WindowRows};
 
@@ -34,25 +42,45 @@ pub struct SinkError {
     /// What went wrong.
     pub message: String,
     /// True if trying the same write again may succeed (a busy or unreachable store);
-    /// false if it cannot (a schema mismatch).
+    /// false if it cannot (a schema mismatch, rows the store refuses).
     pub retryable: bool,
+    /// Where the failure comes from: [`Domain::Input`] means the store refused some
+    /// rows of the batch (a constraint, a type): the driver splits the batch to find
+    /// them, writes the rest and sends those rows to the dead-letter queue.
+    pub domain: Domain,
 }
 
 impl SinkError {
-    /// An error worth retrying.
+    /// An error worth retrying (the store is busy, unreachable, slow).
     pub fn transient(message: impl Into<String>) -> Self {
         SinkError {
             message: message.into(),
             retryable: true,
+            domain: Domain::External,
         }
     }
 
-    /// An error that retrying will not fix.
+    /// An error that retrying will not fix and that is not about particular rows.
     pub fn permanent(message: impl Into<String>) -> Self {
         SinkError {
             message: message.into(),
             retryable: false,
+            domain: Domain::External,
         }
+    }
+
+    /// The store refused one or more rows of the batch (and wrote none of it).
+    pub fn rejected_rows(message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            retryable: false,
+            domain: Domain::Input,
+        }
+    }
+
+    /// True if the store refused rows, not the write as such.
+    pub fn rejects_rows(&self) -> bool {
+        self.domain == Domain::Input
     }
 }
 
@@ -95,17 +123,26 @@ pub struct DriverSettings {
     pub batch_max_age: Duration,
     /// Attempts per batch before giving up (at least 1).
     pub max_attempts: u32,
-    /// Wait before the first retry; doubles each time, with jitter.
+    /// Longest wait before a retry: retry `n` waits a random time up to
+    /// `min(max_backoff, first_backoff * 2^n)` (full jitter).
     pub first_backoff: Duration,
+    /// Cap of the wait before a retry.
+    pub max_backoff: Duration,
+    /// How many retries the sink may make, as a share of its recent writes.
+    pub retry_budget: BudgetSettings,
 }
 
 impl Default for DriverSettings {
+    /// 10,000 rows or 100 ms a batch; 5 attempts, backoff from 100 ms up to 5 s, retries
+    /// at most 10% of the writes of the last 10 s plus 10 per second.
     fn default() -> Self {
         DriverSettings {
             batch_max_rows: 10_000,
             batch_max_age: Duration::from_millis(100),
             max_attempts: 5,
             first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            retry_budget: BudgetSettings::default(),
         }
     }
 }
@@ -121,6 +158,9 @@ pub struct SinkDriver {
     markers: Vec<Arc<Checkpoint>>,
     first_pending: Option<Instant>,
     written: u64,
+    dead_letters: Option<DeadLetters>,
+    budget: RetryBudget,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for SinkDriver {
@@ -149,7 +189,22 @@ impl SinkDriver {
             markers: Vec::new(),
             first_pending: None,
             written: 0,
+            dead_letters: None,
+            budget: RetryBudget::new(settings.retry_budget),
+            backoff: Backoff::new(
+                settings.first_backoff,
+                settings.max_backoff,
+                crate::sources::generator::mix64(name.len() as u64),
+            ),
         }
+    }
+
+    /// Sends rows the store refuses (a poison pill) to `dead_letters` instead of failing
+    /// the batch: the batch is split in halves until the refused rows are alone; the
+    /// others are written. Without it, a refused row stops the pipeline.
+    pub fn with_dead_letters(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
     }
 
     /// Runs until every sender is gone (then writes what is pending) or an abort.
@@ -209,59 +264,161 @@ impl SinkDriver {
             }
             return Ok(());
         }
-        let mut attempt = 0u32;
-        let mut backoff = self.settings.first_backoff;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            match self.sink.write(&self.pending) {
-                Ok(()) => {
-                    let elapsed = started.elapsed();
-                    metrics::histogram!("lungfish_sink_write_seconds", "sink" => self.name.clone())
-                        .record(elapsed.as_secs_f64());
-                    crate::telemetry::stage("sink", 0, self.pending_rows as u64);
-                    crate::telemetry::batch_size("sink", self.pending_rows as u64);
-                    metrics::counter!("lungfish_sink_rows_total", "sink" => self.name.clone())
-                        .increment(self.pending_rows as u64);
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!("lungfish_sink_errors_total", "sink" => self.name.clone())
-                        .increment(1);
-                    if !e.retryable
-                        || attempt >= self.settings.max_attempts.max(1)
-                        || self.control.is_aborting()
-                    {
-                        let msg = format!(
-                            "sink {}: write of {} rows failed after {attempt} attempt(s): {e}",
-                            self.name, self.pending_rows
-                        );
-                        self.control.abort(msg.clone());
-                        return Err(SinkError::permanent(msg));
-                    }
-                    tracing::warn!(sink = %self.name, attempt, error = %e, "sink write failed; retrying");
-                    // Full jitter: sleep a random share of the backoff.
-                    let jitter =
-                        (crate::sources::generator::mix64(started.elapsed().as_nanos() as u64)
-                            % 1000) as f64
-                            / 1000.0;
-                    std::thread::sleep(backoff.mul_f64(0.5 + jitter / 2.0));
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        let pending = std::mem::take(&mut self.pending);
+        let result = match self.write_retrying(&pending) {
+            Err(e) if e.rejects_rows() && self.dead_letters.is_some() => self.isolate(&pending, e),
+            other => other,
+        };
+        if let Err(e) = result {
+            let message = format!(
+                "sink {}: write of {} rows failed: {e}",
+                self.name, self.pending_rows
+            );
+            self.control.abort(message.clone());
+            return Err(SinkError { message, ..e });
         }
+        crate::telemetry::stage("sink", 0, self.pending_rows as u64);
+        crate::telemetry::batch_size("sink", self.pending_rows as u64);
         self.written += self.pending_rows as u64;
         self.control
             .stats
             .rows_written
             .fetch_add(self.pending_rows as u64, Ordering::Relaxed);
-        self.pending.clear();
         self.pending_rows = 0;
         self.first_pending = None;
         for m in self.markers.drain(..) {
             m.ack();
         }
         Ok(())
+    }
+
+    /// Writes `batch`, retrying transient failures with backoff while the attempts and
+    /// the retry budget last.
+    fn write_retrying(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+        let rows: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        self.budget.deposit(1, Instant::now());
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let e = match self.sink.write(batch) {
+                Ok(()) => {
+                    metrics::histogram!("lungfish_sink_write_seconds", "sink" => self.name.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("lungfish_sink_rows_total", "sink" => self.name.clone())
+                        .increment(rows);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            metrics::counter!("lungfish_sink_errors_total", "sink" => self.name.clone())
+                .increment(1);
+            if !e.retryable || self.control.is_aborting() {
+                return Err(e);
+            }
+            if attempt >= self.settings.max_attempts.max(1) {
+                return Err(SinkError {
+                    message: format!("{} (after {attempt} attempts)", e.message),
+                    ..e
+                });
+            }
+            if !self.budget.try_withdraw(1, Instant::now()) {
+                metrics::counter!("lungfish_sink_retry_budget_exhausted_total", "sink" => self.name.clone())
+                    .increment(1);
+                return Err(SinkError {
+                    message: format!(
+                        "{} (after {attempt} attempts; the retry budget is spent: too many recent writes failed)",
+                        e.message
+                    ),
+                    ..e
+                });
+            }
+            metrics::counter!("lungfish_sink_retries_total", "sink" => self.name.clone())
+                .increment(1);
+            tracing::warn!(sink = %self.name, attempt, error = %e, "sink write failed; retrying");
+            std::thread::sleep(self.backoff.delay(attempt - 1));
+        }
+    }
+
+    /// Finds the rows of `batch` the store refuses by writing halves (the others are
+    /// written), and sends those rows to the dead-letter queue, durably.
+    fn isolate(&mut self, batch: &[Arc<WindowRows>], first: SinkError) -> Result<(), SinkError> {
+        let schema = batch[0].schema().clone();
+        let columns = schema.columns().len();
+        let mut all = WindowRows::new(schema.clone());
+        let mut values = vec![0.0; columns];
+        for b in batch {
+            for i in 0..b.len() {
+                for (c, v) in values.iter_mut().enumerate() {
+                    *v = b.value(i, c);
+                }
+                all.push(b.window_start(i), b.window_end(i), b.key(i), &values);
+            }
+        }
+        let slice = |lo: usize, hi: usize| {
+            let mut part = WindowRows::new(schema.clone());
+            let mut values = vec![0.0; columns];
+            for i in lo..hi {
+                for (c, v) in values.iter_mut().enumerate() {
+                    *v = all.value(i, c);
+                }
+                part.push(all.window_start(i), all.window_end(i), all.key(i), &values);
+            }
+            part
+        };
+        // Ranges known to hold a refused row, with the store's reason.
+        let mut failing = vec![(0usize, all.len(), first)];
+        let mut refused: Vec<(usize, SinkError)> = Vec::new();
+        while let Some((lo, hi, e)) = failing.pop() {
+            if hi - lo <= 1 {
+                refused.push((lo, e));
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            for (a, b) in [(lo, mid), (mid, hi)] {
+                match self.write_retrying(&[Arc::new(slice(a, b))]) {
+                    Ok(()) => {}
+                    Err(e) if e.rejects_rows() => failing.push((a, b, e)),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        refused.sort_by_key(|(i, _)| *i);
+        let stage = format!("sink:{}", self.name);
+        let time_ms = now_ms();
+        let letters: Vec<DeadLetter> = refused
+            .iter()
+            .map(|(i, e)| {
+                let mut payload = Vec::new();
+                write_json_row(&all, *i, &mut payload);
+                DeadLetter {
+                    stage: stage.clone(),
+                    kind: "rejected_row".to_owned(),
+                    reason: e.message.clone(),
+                    location: format!(
+                        "window {}..{} key {}",
+                        all.window_start(*i),
+                        all.window_end(*i),
+                        all.key(*i)
+                    ),
+                    payload,
+                    time_ms,
+                    attempts: 1,
+                }
+            })
+            .collect();
+        metrics::counter!("lungfish_events_rejected_total", "stage" => stage.clone(), "kind" => "rejected_row")
+            .increment(letters.len() as u64);
+        tracing::warn!(sink = %self.name, rows = letters.len(), "rows refused by the store went to the dead-letter queue");
+        let dead_letters = self.dead_letters.as_ref().expect("checked by the caller");
+        let durable = dead_letters
+            .append_all(&letters)
+            .and_then(|t| t.map_or(Ok(()), |t| t.wait(Duration::from_secs(30))));
+        durable.map_err(|e| {
+            SinkError::permanent(format!(
+                "writing refused rows to the dead-letter queue failed: {e}"
+            ))
+        })
     }
 }
 
@@ -288,4 +445,89 @@ pub fn write_json_row(rows: &WindowRows, i: usize, out: &mut Vec<u8>) {
         }
     }
     out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AggFunc, AggregateSpec};
+
+    /// Fails its first `failures` writes with a transient error (fault injection).
+    struct Flaky {
+        failures: u32,
+        writes: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Sink for Flaky {
+        fn open(&mut self, _: &RowSchema) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn write(&mut self, _: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+            let n = self.writes.fetch_add(1, Ordering::SeqCst);
+            if n < self.failures {
+                Err(SinkError::transient("store busy"))
+            } else {
+                Ok(())
+            }
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    fn run(failures: u32, budget: BudgetSettings) -> (Result<(), SinkError>, u32) {
+        let writes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let sink = Flaky {
+            failures,
+            writes: writes.clone(),
+        };
+        let settings = DriverSettings {
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(4),
+            retry_budget: budget,
+            ..DriverSettings::default()
+        };
+        let control = Arc::new(Control::new());
+        let driver = SinkDriver::new("flaky", Box::new(sink), settings, control);
+        let schema = Arc::new(RowSchema::new(
+            &[AggregateSpec {
+                func: AggFunc::Count,
+                field: None,
+                column: "count".into(),
+            }],
+            &[],
+        ));
+        let mut rows = WindowRows::new(schema);
+        rows.push(0, 1000, "k", &[1.0]);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        tx.send(SinkMsg::Rows(Arc::new(rows))).unwrap();
+        drop(tx);
+        let result = driver.run(rx).map(|_| ());
+        (result, writes.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn transient_failures_are_retried_inside_the_budget_and_attempts() {
+        let (result, writes) = run(3, BudgetSettings::default());
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(writes, 4, "three failures, then the write");
+        let (result, writes) = run(100, BudgetSettings::default());
+        let e = result.unwrap_err();
+        assert_eq!(writes, 5, "max_attempts");
+        assert!(e.message.contains("after 5 attempts"), "{e}");
+    }
+
+    #[test]
+    fn a_spent_retry_budget_stops_retries() {
+        let none = BudgetSettings {
+            ratio: 0.0,
+            min_per_second: 0.1,
+            window: Duration::from_secs(10),
+        };
+        // One retry in the window (0.1/s x 10 s), then none.
+        let (result, writes) = run(3, none);
+        let e = result.unwrap_err();
+        assert_eq!(writes, 2);
+        assert!(e.message.contains("retry budget is spent"), "{e}");
+    }
 }

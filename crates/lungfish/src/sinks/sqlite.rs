@@ -39,18 +39,19 @@ fn quote(ident: &str) -> String {
 }
 
 fn error(context: &str, e: rusqlite::Error) -> SinkError {
-    let retryable = matches!(
-        e.sqlite_error_code(),
+    let message = format!("{context}: {e}");
+    match e.sqlite_error_code() {
         Some(
             ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-        )
-    );
-    SinkError {
-        message: format!("{context}: {e}"),
-        retryable,
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull,
+        ) => SinkError::transient(message),
+        // A row the table refuses (a CHECK, a trigger, a type): the rows' fault.
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig) => {
+            SinkError::rejected_rows(message)
+        }
+        _ => SinkError::permanent(message),
     }
 }
 
@@ -279,5 +280,70 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("exists with columns"), "{err}");
         assert!(!err.retryable);
+    }
+
+    /// A poison pill: one row of 10,000 that the table refuses (a trigger, as a user's
+    /// constraint would) goes to the dead-letter queue; the other 9,999 are written.
+    #[test]
+    fn a_refused_row_is_isolated_and_the_rest_written() {
+        use crate::shard::SinkMsg;
+        use crate::sinks::{DriverSettings, SinkDriver};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.db");
+        let mut sink = SqliteSink::new(&SqliteSinkConfig::new(&path));
+        sink.open(&schema()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER no_poison BEFORE INSERT ON windows WHEN NEW.key = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'key poison is not allowed'); END;",
+            )
+            .unwrap();
+        let dead_letters = crate::dlq::DeadLetters::open(
+            dir.path().join("dlq"),
+            lungfish_log::FsyncPolicy::Always,
+        )
+        .unwrap();
+        let control = Arc::new(crate::control::Control::new());
+        let driver = SinkDriver::new(
+            "db",
+            Box::new(sink),
+            DriverSettings {
+                batch_max_rows: 20_000,
+                ..DriverSettings::default()
+            },
+            control.clone(),
+        )
+        .with_dead_letters(dead_letters.clone());
+        let mut rows = WindowRows::new(schema());
+        for i in 0..10_000 {
+            let key = if i == 6_789 {
+                "poison".to_owned()
+            } else {
+                format!("k{i}")
+            };
+            rows.push(0, 1000, &key, &[1.0, i as f64]);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        tx.send(SinkMsg::Rows(Arc::new(rows))).unwrap();
+        drop(tx);
+        let mut sink = driver.run(rx).expect("the batch goes through");
+        assert_eq!(sink.stored_rows(), Some(9_999));
+        assert!(control.error().is_none());
+        let mut letters = Vec::new();
+        dead_letters
+            .for_each(0, |_, d| letters.push(d.expect("a readable entry")))
+            .unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].stage, "sink:db");
+        assert_eq!(letters[0].kind, "rejected_row");
+        assert!(
+            letters[0].reason.contains("poison"),
+            "{}",
+            letters[0].reason
+        );
+        let row: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
+        assert_eq!(row["key"], "poison");
+        assert_eq!(row["sum_value"], 6789.0);
     }
 }
