@@ -11,8 +11,13 @@
 //! ([`SinkError::rejected_rows`]: a constraint, a type), the batch is split in halves
 //! until the refused rows are alone; the others are written and the refused ones go to
 //! the dead-letter queue (stage `sink:NAME`, kind `rejected_row`, the row as JSON), durably
-//! before the markers are acknowledged. A sink that keeps failing otherwise stops the
-//! pipeline: nothing past the failure is committed, so nothing is lost.
+//! before the markers are acknowledged. Every write goes through the sink's circuit
+//! breaker ([`crate::breaker`]): when retries are spent and the store still fails with
+//! an error worth retrying, the driver *holds* the batch and probes the store as the
+//! breaker allows (open 0.5 s, doubling to 30 s) until it heals; meanwhile the bounded
+//! channels fill, consumers stop reading, and the input waits in the log on disk:
+//! nothing is dropped. A stop while holding ends the run without committing past the
+//! held rows. A permanent error (a schema mismatch) stops the pipeline.
 //!
 //! Rows are complete windows keyed by (window start, key); a sink that writes them
 //! idempotently (SQLite's upsert) makes replays after a crash change nothing.
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::breaker::{BreakerSettings, CircuitBreaker, Outcome};
 use crate::checkpoint::Checkpoint;
 use crate::control::Control;
 use crate::dlq::{DeadLetter, DeadLetters, now_ms};
@@ -130,11 +136,20 @@ pub struct DriverSettings {
     pub max_backoff: Duration,
     /// How many retries the sink may make, as a share of its recent writes.
     pub retry_budget: BudgetSettings,
+    /// When the sink is considered down: writes then wait for the breaker's probes.
+    pub breaker: BreakerSettings,
+    /// When a batch still fails after its attempts (or the budget is spent) with an
+    /// error worth retrying: hold it and probe the store under the breaker until it
+    /// heals (true: the data waits in the log, nothing is dropped), or stop the
+    /// pipeline (false).
+    pub hold_when_failing: bool,
 }
 
 impl Default for DriverSettings {
     /// 10,000 rows or 100 ms a batch; 5 attempts, backoff from 100 ms up to 5 s, retries
-    /// at most 10% of the writes of the last 10 s plus 10 per second.
+    /// at most 10% of the writes of the last 10 s plus 10 per second; the breaker opens
+    /// when half of the last 10 writes (at least 3) failed, for 0.5 s doubling to 30 s;
+    /// a failing sink is held, not abandoned.
     fn default() -> Self {
         DriverSettings {
             batch_max_rows: 10_000,
@@ -143,6 +158,17 @@ impl Default for DriverSettings {
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             retry_budget: BudgetSettings::default(),
+            breaker: BreakerSettings {
+                window: 10,
+                min_calls: 3,
+                failure_ratio: 0.5,
+                slow_call: Duration::from_secs(30),
+                slow_ratio: 1.0,
+                open_for: Duration::from_millis(500),
+                max_open_for: Duration::from_secs(30),
+                probes: 1,
+            },
+            hold_when_failing: true,
         }
     }
 }
@@ -161,6 +187,7 @@ pub struct SinkDriver {
     dead_letters: Option<DeadLetters>,
     budget: RetryBudget,
     backoff: Backoff,
+    breaker: CircuitBreaker,
 }
 
 impl std::fmt::Debug for SinkDriver {
@@ -191,6 +218,7 @@ impl SinkDriver {
             written: 0,
             dead_letters: None,
             budget: RetryBudget::new(settings.retry_budget),
+            breaker: CircuitBreaker::new(settings.breaker),
             backoff: Backoff::new(
                 settings.first_backoff,
                 settings.max_backoff,
@@ -265,9 +293,18 @@ impl SinkDriver {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = match self.write_retrying(&pending) {
-            Err(e) if e.rejects_rows() && self.dead_letters.is_some() => self.isolate(&pending, e),
-            other => other,
+        let result = loop {
+            match self.write_retrying(&pending) {
+                Err(e) if e.rejects_rows() && self.dead_letters.is_some() => {
+                    break self.isolate(&pending, e);
+                }
+                Err(e) if e.retryable && self.settings.hold_when_failing => {
+                    if let Err(stopped) = self.hold(&e) {
+                        break Err(stopped);
+                    }
+                }
+                other => break other,
+            }
         };
         if let Err(e) = result {
             let message = format!(
@@ -300,8 +337,20 @@ impl SinkDriver {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if let Err(open) = self.breaker.try_call(Instant::now()) {
+                self.breaker_gauge();
+                return Err(SinkError::transient(open.to_string()));
+            }
             let started = Instant::now();
-            let e = match self.sink.write(batch) {
+            let result = self.sink.write(batch);
+            let outcome = match &result {
+                Err(e) if !e.rejects_rows() => Outcome::Failure,
+                _ => Outcome::Success,
+            };
+            self.breaker
+                .record(outcome, started.elapsed(), Instant::now());
+            self.breaker_gauge();
+            let e = match result {
                 Ok(()) => {
                     metrics::histogram!("lungfish_sink_write_seconds", "sink" => self.name.clone())
                         .record(started.elapsed().as_secs_f64());
@@ -337,6 +386,49 @@ impl SinkDriver {
                 .increment(1);
             tracing::warn!(sink = %self.name, attempt, error = %e, "sink write failed; retrying");
             std::thread::sleep(self.backoff.delay(attempt - 1));
+        }
+    }
+
+    fn breaker_gauge(&self) {
+        metrics::gauge!("lungfish_breaker_state", "component" => format!("sink:{}", self.name))
+            .set(self.breaker.state(Instant::now()).as_gauge());
+    }
+
+    /// Waits until the breaker lets a probe through (or a pause passes, if it has not
+    /// opened). The batch stays pending: its rows wait in the log, nothing is committed
+    /// past them.
+    ///
+    /// # Errors
+    /// The pipeline stops or aborts meanwhile.
+    fn hold(&mut self, last: &SinkError) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let mut warned: Option<Instant> = None;
+        let pause = self.backoff.delay(self.settings.max_attempts);
+        loop {
+            if self.control.is_stopping() {
+                return Err(SinkError::permanent(format!(
+                    "stopped while sink {} was failing ({last}); its {} pending rows were not written, \
+                     nothing past them was committed, and they are written on the next run",
+                    self.name, self.pending_rows
+                )));
+            }
+            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                tracing::warn!(
+                    sink = %self.name,
+                    rows = self.pending_rows,
+                    error = %last,
+                    "the sink is failing: holding its batch and probing it; the pipeline's input waits in the log"
+                );
+                warned = Some(Instant::now());
+            }
+            let now = Instant::now();
+            match self.breaker.state(now) {
+                crate::breaker::BreakerState::Open { until } => {
+                    std::thread::sleep((until - now).min(Duration::from_millis(100)));
+                }
+                _ if started.elapsed() >= pause => return Ok(()),
+                _ => std::thread::sleep(Duration::from_millis(10).min(pause)),
+            }
         }
     }
 
@@ -485,6 +577,13 @@ mod tests {
             first_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
             retry_budget: budget,
+            hold_when_failing: false,
+            // Retries only: no breaker in the way.
+            breaker: BreakerSettings {
+                window: 1000,
+                min_calls: 1000,
+                ..DriverSettings::default().breaker
+            },
             ..DriverSettings::default()
         };
         let control = Arc::new(Control::new());
@@ -529,5 +628,66 @@ mod tests {
         let e = result.unwrap_err();
         assert_eq!(writes, 2);
         assert!(e.message.contains("retry budget is spent"), "{e}");
+    }
+
+    /// Fails every write until `heals_at` (fault injection), counting them.
+    struct Down {
+        heals_at: Instant,
+        writes: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Sink for Down {
+        fn open(&mut self, _: &RowSchema) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn write(&mut self, _: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            if Instant::now() < self.heals_at {
+                Err(SinkError::transient("connection refused"))
+            } else {
+                Ok(())
+            }
+        }
+        fn describe(&self) -> String {
+            "down".into()
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_is_held_under_the_breaker_until_it_heals() {
+        let writes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let sink = Down {
+            heals_at: Instant::now() + Duration::from_millis(600),
+            writes: writes.clone(),
+        };
+        let mut settings = DriverSettings {
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..DriverSettings::default()
+        };
+        settings.breaker.open_for = Duration::from_millis(40);
+        settings.breaker.max_open_for = Duration::from_millis(160);
+        let control = Arc::new(Control::new());
+        let driver = SinkDriver::new("down", Box::new(sink), settings, control.clone());
+        let schema = Arc::new(RowSchema::new(
+            &[AggregateSpec {
+                func: AggFunc::Count,
+                field: None,
+                column: "count".into(),
+            }],
+            &[],
+        ));
+        let mut rows = WindowRows::new(schema);
+        rows.push(0, 1000, "k", &[1.0]);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        tx.send(SinkMsg::Rows(Arc::new(rows))).unwrap();
+        drop(tx);
+        let started = Instant::now();
+        assert!(driver.run(rx).is_ok(), "{:?}", control.error());
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        assert!(control.error().is_none());
+        // While down, the breaker let a few probes through, not a storm of retries.
+        let n = writes.load(Ordering::SeqCst);
+        assert!((4..=20).contains(&n), "{n} writes during a 600 ms outage");
     }
 }
