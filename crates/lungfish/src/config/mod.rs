@@ -572,11 +572,14 @@ pub struct SqliteSinkConfig {
     pub batch_max_age: Duration,
     /// SQLite's `synchronous` pragma.
     pub synchronous: SqliteSync,
+    /// Longest time one batch write may take (waiting for a lock included); past it the
+    /// write is interrupted, rolled back and retried like any transient failure (> 0).
+    pub write_timeout: Duration,
 }
 
 impl SqliteSinkConfig {
     /// An SQLite sink writing to `path` with the defaults: table `windows`, batches of
-    /// 10000 rows or 100ms, `synchronous = full`.
+    /// 10000 rows or 100ms, `synchronous = full`, writes interrupted after 30 s.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -584,6 +587,7 @@ impl SqliteSinkConfig {
             batch_max_rows: 10_000,
             batch_max_age: Duration::from_millis(100),
             synchronous: SqliteSync::Full,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -97,6 +97,7 @@ const SQLITE_KEYS: &[&str] = &[
     "batch_max_rows",
     "batch_max_age",
     "synchronous",
+    "write_timeout",
 ];
 const FILE_SINK_KEYS: &[&str] = &["type", "path", "batch_max_rows", "batch_max_age"];
 const STDOUT_KEYS: &[&str] = &["type"];
@@ -794,12 +795,16 @@ impl Reader {
                 )
             })
             .unwrap_or(d.synchronous);
+        let write_timeout = self
+            .value(t, "write_timeout", as_duration)
+            .unwrap_or(d.write_timeout);
         Some(SqliteSinkConfig {
             path: PathBuf::from(path?),
             table,
             batch_max_rows,
             batch_max_age,
             synchronous,
+            write_timeout,
         })
     }
 

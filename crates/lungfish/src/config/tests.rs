@@ -230,6 +230,7 @@ fn full_example_parses_to_the_expected_structs() {
             batch_max_rows: 10_000,
             batch_max_age: Duration::from_millis(100),
             synchronous: SqliteSync::Full,
+            write_timeout: Duration::from_secs(30),
         })
     );
     assert_eq!(

@@ -131,6 +131,7 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
                         ),
                     );
                 }
+                out.positive(join(&path, "write_timeout"), sqlite.write_timeout);
                 (&sqlite.path, sqlite.batch_max_rows, sqlite.batch_max_age)
             }
             SinkConfig::File(file) => (&file.path, file.batch_max_rows, file.batch_max_age),

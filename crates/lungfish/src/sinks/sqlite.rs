@@ -14,7 +14,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode};
 
@@ -29,6 +30,10 @@ pub struct SqliteSink {
     path: PathBuf,
     table: String,
     synchronous: SqliteSync,
+    write_timeout: Duration,
+    /// When the running write must stop (nanoseconds after `epoch`; 0: none).
+    deadline: Arc<AtomicU64>,
+    epoch: Instant,
     conn: Option<Connection>,
     upsert: String,
     columns: usize,
@@ -62,6 +67,9 @@ impl SqliteSink {
             path: config.path.clone(),
             table: config.table.clone(),
             synchronous: config.synchronous,
+            write_timeout: config.write_timeout,
+            deadline: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
             conn: None,
             upsert: String::new(),
             columns: 0,
@@ -72,6 +80,41 @@ impl SqliteSink {
         self.conn
             .as_mut()
             .ok_or_else(|| SinkError::permanent("the sqlite sink was not opened"))
+    }
+
+    /// One transaction upserting every row of `batch`.
+    fn write_rows(
+        &mut self,
+        batch: &[Arc<WindowRows>],
+        upsert: &str,
+        columns: usize,
+        where_: &str,
+    ) -> Result<(), SinkError> {
+        let where_ = where_.to_owned();
+        let conn = self.conn()?;
+        let tx = conn.transaction().map_err(|e| error(&where_, e))?;
+        {
+            let mut stmt = tx.prepare_cached(upsert).map_err(|e| error(&where_, e))?;
+            for rows in batch {
+                let kinds = rows.schema().columns();
+                for i in 0..rows.len() {
+                    stmt.raw_bind_parameter(1, rows.window_start(i))
+                        .and_then(|_| stmt.raw_bind_parameter(2, rows.window_end(i)))
+                        .and_then(|_| stmt.raw_bind_parameter(3, rows.key(i)))
+                        .map_err(|e| error(&where_, e))?;
+                    for (c, (_, kind)) in kinds.iter().enumerate().take(columns) {
+                        let v = rows.value(i, c);
+                        let r = match kind {
+                            ColumnKind::Integer => stmt.raw_bind_parameter(4 + c, v as i64),
+                            ColumnKind::Real => stmt.raw_bind_parameter(4 + c, v),
+                        };
+                        r.map_err(|e| error(&where_, e))?;
+                    }
+                    stmt.raw_execute().map_err(|e| error(&where_, e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| error(&where_, e))
     }
 }
 
@@ -84,9 +127,20 @@ impl Sink for SqliteSink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| SinkError::permanent(format!("{where_}: {e}")))?;
         }
-        let conn = Connection::open(&self.path).map_err(|e| error(&where_, e))?;
-        conn.busy_timeout(Duration::from_secs(5))
+        let mut conn = Connection::open(&self.path).map_err(|e| error(&where_, e))?;
+        conn.busy_timeout(self.write_timeout)
             .map_err(|e| error(&where_, e))?;
+        // A write past its deadline is interrupted (and rolled back): checked every
+        // 10,000 virtual-machine steps, a few microseconds.
+        let (deadline, epoch) = (self.deadline.clone(), self.epoch);
+        conn.progress_handler(
+            10_000,
+            Some(move || {
+                let d = deadline.load(Ordering::Relaxed);
+                d != 0 && epoch.elapsed().as_nanos() as u64 > d
+            }),
+        )
+        .map_err(|e| error(&where_, e))?;
         let sync = match self.synchronous {
             SqliteSync::Full => "FULL",
             SqliteSync::Normal => "NORMAL",
@@ -173,30 +227,18 @@ impl Sink for SqliteSink {
         let upsert = self.upsert.clone();
         let columns = self.columns;
         let where_ = format!("sqlite {}", self.path.display());
-        let conn = self.conn()?;
-        let tx = conn.transaction().map_err(|e| error(&where_, e))?;
-        {
-            let mut stmt = tx.prepare_cached(&upsert).map_err(|e| error(&where_, e))?;
-            for rows in batch {
-                let kinds = rows.schema().columns();
-                for i in 0..rows.len() {
-                    stmt.raw_bind_parameter(1, rows.window_start(i))
-                        .and_then(|_| stmt.raw_bind_parameter(2, rows.window_end(i)))
-                        .and_then(|_| stmt.raw_bind_parameter(3, rows.key(i)))
-                        .map_err(|e| error(&where_, e))?;
-                    for (c, (_, kind)) in kinds.iter().enumerate().take(columns) {
-                        let v = rows.value(i, c);
-                        let r = match kind {
-                            ColumnKind::Integer => stmt.raw_bind_parameter(4 + c, v as i64),
-                            ColumnKind::Real => stmt.raw_bind_parameter(4 + c, v),
-                        };
-                        r.map_err(|e| error(&where_, e))?;
-                    }
-                    stmt.raw_execute().map_err(|e| error(&where_, e))?;
-                }
-            }
+        let deadline = (self.epoch.elapsed() + self.write_timeout).as_nanos() as u64;
+        self.deadline.store(deadline.max(1), Ordering::Relaxed);
+        let result = self.write_rows(batch, &upsert, columns, &where_);
+        let late = self.epoch.elapsed().as_nanos() as u64 > deadline;
+        self.deadline.store(0, Ordering::Relaxed);
+        match result {
+            Err(e) if late => Err(SinkError::transient(format!(
+                "{where_}: the write took longer than write_timeout ({:?}) and was rolled back ({e})",
+                self.write_timeout
+            ))),
+            other => other,
         }
-        tx.commit().map_err(|e| error(&where_, e))
     }
 
     fn describe(&self) -> String {
@@ -345,5 +387,28 @@ mod tests {
         let row: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
         assert_eq!(row["key"], "poison");
         assert_eq!(row["sum_value"], 6789.0);
+    }
+
+    #[test]
+    fn a_write_past_its_timeout_is_rolled_back_and_retryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.db");
+        let mut config = SqliteSinkConfig::new(&path);
+        config.write_timeout = Duration::from_millis(1);
+        let mut sink = SqliteSink::new(&config);
+        sink.open(&schema()).unwrap();
+        let mut rows = WindowRows::new(schema());
+        for i in 0..300_000 {
+            rows.push(0, 1000, &format!("k{i}"), &[1.0, 1.0]);
+        }
+        let err = sink.write(&[Arc::new(rows)]).unwrap_err();
+        assert!(err.retryable, "{err}");
+        assert!(err.message.contains("write_timeout"), "{err}");
+        assert_eq!(sink.stored_rows(), Some(0), "rolled back");
+        // The connection still works.
+        let mut one = WindowRows::new(schema());
+        one.push(0, 1000, "a", &[1.0, 1.0]);
+        sink.write(&[Arc::new(one)]).unwrap();
+        assert_eq!(sink.stored_rows(), Some(1));
     }
 }
