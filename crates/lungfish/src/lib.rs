@@ -14,7 +14,8 @@
 //! `docs/ARCHITECTURE.md` tells the same story at length.
 //!
 //! Parts usable on their own: [`limiter`] (token buckets, per client), [`retry`]
-//! (backoff with full jitter, retry budgets), [`breaker`] (circuit breaker), and the log
+//! (backoff with full jitter, retry budgets), [`breaker`] (circuit breaker),
+//! [`concurrency`] (an adaptive concurrency limit), and the log
 //! itself ([`lungfish_log`]).
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@
 pub mod breaker;
 pub mod checkpoint;
 pub mod codec;
+pub mod concurrency;
 pub mod config;
 pub mod consumer;
 pub mod control;
