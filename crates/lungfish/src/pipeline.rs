@@ -199,6 +199,27 @@ impl Pipeline {
                     },
                 ),
                 SinkConfig::Stdout => (Box::new(StdoutSink::default()), DriverSettings::default()),
+                #[cfg(feature = "postgres")]
+                SinkConfig::Postgres(c) => (
+                    Box::new(crate::sinks::postgres::PostgresSink::new(&cfg.name, c)),
+                    database_settings(c),
+                ),
+                #[cfg(feature = "clickhouse")]
+                SinkConfig::ClickHouse(c) => (
+                    Box::new(crate::sinks::clickhouse::ClickHouseSink::new(c)),
+                    database_settings(c),
+                ),
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(Error::Sink {
+                        name: s.name.clone(),
+                        error: SinkError::permanent(format!(
+                            "this build of lungfish has no {} sink (cargo feature `{}`)",
+                            other.type_name(),
+                            other.type_name()
+                        )),
+                    });
+                }
             };
             sinks.push((s.name.clone(), sink, settings));
         }
@@ -481,6 +502,16 @@ impl Pipeline {
                 && stats.sources_done.load(Ordering::SeqCst)
                 && !control.is_stopping(),
         })
+    }
+}
+
+/// Batching for a database sink.
+#[allow(dead_code)] // without the database features
+fn database_settings(c: &crate::config::DatabaseSinkConfig) -> DriverSettings {
+    DriverSettings {
+        batch_max_rows: c.batch_max_rows,
+        batch_max_age: c.batch_max_age,
+        ..DriverSettings::default()
     }
 }
 

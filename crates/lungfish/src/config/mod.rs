@@ -543,11 +543,15 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// `type = "stdout"`: rows printed to standard output.
     Stdout,
+    /// `type = "postgres"`: upserts into a Postgres table through binary COPY.
+    Postgres(DatabaseSinkConfig),
+    /// `type = "clickhouse"`: inserts into a ClickHouse ReplacingMergeTree over HTTP.
+    ClickHouse(DatabaseSinkConfig),
 }
 
 impl SinkConfig {
     /// The known sink types, as written in `type`.
-    pub const TYPES: [&'static str; 3] = ["sqlite", "file", "stdout"];
+    pub const TYPES: [&'static str; 5] = ["sqlite", "file", "stdout", "postgres", "clickhouse"];
 
     /// The `type` of this sink in a pipeline file.
     pub fn type_name(&self) -> &'static str {
@@ -555,7 +559,79 @@ impl SinkConfig {
             SinkConfig::Sqlite(_) => "sqlite",
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout => "stdout",
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::ClickHouse(_) => "clickhouse",
         }
+    }
+}
+
+/// A sink writing to a database server (Postgres or ClickHouse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSinkConfig {
+    /// Where the server is: `postgres://user:password@host:port/database` or
+    /// `http://host:8123` (ClickHouse's HTTP interface). Empty: read it from `url_env`.
+    pub url: String,
+    /// An environment variable holding the URL (keeps passwords out of files).
+    pub url_env: Option<String>,
+    /// The target table: an SQL identifier (ClickHouse: `database.table` allowed).
+    pub table: String,
+    /// Output column -> table column renames (`key`, `window_start`, `window_end` and
+    /// the aggregates' columns); unnamed columns keep their names.
+    pub columns: Vec<(String, String)>,
+    /// Create the table if it is missing.
+    pub create_table: bool,
+    /// A write batch is cut at this many rows (>= 1) ...
+    pub batch_max_rows: usize,
+    /// ... or when its first row is this old (> 0).
+    pub batch_max_age: Duration,
+    /// Connections to the server (>= 1).
+    pub pool_size: usize,
+    /// Longest time one batch write may take; past it the write is cancelled, rolled
+    /// back and retried like any transient failure.
+    pub statement_timeout: Duration,
+    /// Use TLS to the server (Postgres: `sslmode=require` also asks for it).
+    pub tls: bool,
+}
+
+impl DatabaseSinkConfig {
+    /// A sink to `url`, table `windows`, created if missing, batches of 10,000 rows or
+    /// 200 ms, one connection, 30 s statement timeout, no TLS.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            url_env: None,
+            table: "windows".to_owned(),
+            columns: Vec::new(),
+            create_table: true,
+            batch_max_rows: 10_000,
+            batch_max_age: Duration::from_millis(200),
+            pool_size: 1,
+            statement_timeout: Duration::from_secs(30),
+            tls: false,
+        }
+    }
+
+    /// The URL: `url`, or the value of `url_env`.
+    ///
+    /// # Errors
+    /// Neither is set, or the variable is missing.
+    pub fn resolved_url(&self) -> Result<String, String> {
+        if !self.url.is_empty() {
+            return Ok(self.url.clone());
+        }
+        match &self.url_env {
+            Some(var) => std::env::var(var)
+                .map_err(|_| format!("the environment variable {var} (url_env) is not set")),
+            None => Err("set `url` or `url_env`".to_owned()),
+        }
+    }
+
+    /// The table's name for output column `column`.
+    pub fn column_name<'a>(&'a self, column: &'a str) -> &'a str {
+        self.columns
+            .iter()
+            .find(|(from, _)| from == column)
+            .map_or(column, |(_, to)| to.as_str())
     }
 }
 

@@ -21,10 +21,10 @@ use super::suggest::closest;
 use super::units::{parse_duration, parse_size};
 use super::validate::{self, Issue};
 use super::{
-    AggregateSpec, BodyFormat, ContentEncoding, FileSinkConfig, FileSourceConfig, FsyncPolicy,
-    GeneratorConfig, HttpSourceConfig, KeyDistribution, LogSettings, MetricsConfig, NamedSink,
-    NamedSource, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig,
-    SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
+    AggregateSpec, BodyFormat, ContentEncoding, DatabaseSinkConfig, FileSinkConfig,
+    FileSourceConfig, FsyncPolicy, GeneratorConfig, HttpSourceConfig, KeyDistribution, LogSettings,
+    MetricsConfig, NamedSink, NamedSource, PipelineConfig, ProcessingConfig, Rate, SinkConfig,
+    SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -101,6 +101,19 @@ const SQLITE_KEYS: &[&str] = &[
 ];
 const FILE_SINK_KEYS: &[&str] = &["type", "path", "batch_max_rows", "batch_max_age"];
 const STDOUT_KEYS: &[&str] = &["type"];
+const DATABASE_SINK_KEYS: &[&str] = &[
+    "type",
+    "url",
+    "url_env",
+    "table",
+    "columns",
+    "create_table",
+    "batch_max_rows",
+    "batch_max_age",
+    "pool_size",
+    "statement_timeout",
+    "tls",
+];
 const METRICS_KEYS: &[&str] = &["address"];
 
 /// Reads and checks a pipeline file's text.
@@ -762,6 +775,8 @@ impl Reader {
                     self.unknown_keys(&sink, STDOUT_KEYS);
                     Some(SinkConfig::Stdout)
                 }
+                Some("postgres") => Some(SinkConfig::Postgres(self.database_sink(&sink))),
+                Some("clickhouse") => Some(SinkConfig::ClickHouse(self.database_sink(&sink))),
                 _ => None,
             };
             if let Some(config) = config {
@@ -772,6 +787,41 @@ impl Reader {
             }
         }
         sinks
+    }
+
+    fn database_sink(&mut self, t: &Tbl<'_>) -> DatabaseSinkConfig {
+        self.unknown_keys(t, DATABASE_SINK_KEYS);
+        let d = DatabaseSinkConfig::new("");
+        let mut columns = Vec::new();
+        if let Some(entry) = self.entry(t, "columns")
+            && let Some(table) = self.table(entry)
+        {
+            for (from, _) in table.table.iter() {
+                if let Some(to) = self.value(&table, from, as_string) {
+                    columns.push((from.to_owned(), to));
+                }
+            }
+        }
+        DatabaseSinkConfig {
+            url: self.value(t, "url", as_string).unwrap_or_default(),
+            url_env: self.value(t, "url_env", as_string),
+            table: self.value(t, "table", as_string).unwrap_or(d.table),
+            columns,
+            create_table: self
+                .value(t, "create_table", as_bool)
+                .unwrap_or(d.create_table),
+            batch_max_rows: self
+                .value(t, "batch_max_rows", as_uint)
+                .unwrap_or(d.batch_max_rows),
+            batch_max_age: self
+                .value(t, "batch_max_age", as_duration)
+                .unwrap_or(d.batch_max_age),
+            pool_size: self.value(t, "pool_size", as_uint).unwrap_or(d.pool_size),
+            statement_timeout: self
+                .value(t, "statement_timeout", as_duration)
+                .unwrap_or(d.statement_timeout),
+            tls: self.value(t, "tls", as_bool).unwrap_or(d.tls),
+        }
     }
 
     fn sqlite(&mut self, t: &Tbl<'_>) -> Option<SqliteSinkConfig> {
@@ -860,6 +910,11 @@ fn value_kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::InlineTable(_) => "a table",
     }
+}
+
+fn as_bool(item: &Item) -> Result<bool, String> {
+    item.as_bool()
+        .ok_or_else(|| format!("expected true or false, found {}", kind(item)))
 }
 
 fn as_string(item: &Item) -> Result<String, String> {

@@ -1469,3 +1469,58 @@ fn http_source_errors_name_their_field() {
     let e = single(&text);
     assert!(e.message.contains("also used by metrics.address"), "{e}");
 }
+
+#[test]
+fn database_sinks_read_every_setting_and_need_a_url() {
+    let text = r#"[sources.gen]
+type = "generator"
+[pipeline]
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count"]
+[sinks.pg]
+type = "postgres"
+url_env = "DATABASE_URL"
+table = "public.clicks"
+columns = { key = "user_id", count = "n" }
+create_table = false
+batch_max_rows = 5000
+batch_max_age = "1s"
+pool_size = 2
+statement_timeout = "5s"
+[sinks.ch]
+type = "clickhouse"
+url = "http://127.0.0.1:8123"
+"#;
+    let config = parse(text).unwrap();
+    let SinkConfig::Postgres(pg) = &config.sinks[0].config else {
+        panic!("{:?}", config.sinks[0]);
+    };
+    assert_eq!(
+        pg,
+        &DatabaseSinkConfig {
+            url: String::new(),
+            url_env: Some("DATABASE_URL".into()),
+            table: "public.clicks".into(),
+            columns: vec![
+                ("key".into(), "user_id".into()),
+                ("count".into(), "n".into())
+            ],
+            create_table: false,
+            batch_max_rows: 5000,
+            batch_max_age: Duration::from_secs(1),
+            pool_size: 2,
+            statement_timeout: Duration::from_secs(5),
+            tls: false,
+        }
+    );
+    assert_eq!(pg.column_name("key"), "user_id");
+    assert_eq!(pg.column_name("window_start"), "window_start");
+    assert_eq!(
+        config.sinks[1].config,
+        SinkConfig::ClickHouse(DatabaseSinkConfig::new("http://127.0.0.1:8123"))
+    );
+    let text = text.replace("url_env = \"DATABASE_URL\"\n", "");
+    let e = single(&text);
+    assert_eq!(e.field, "sinks.pg.url");
+    assert!(e.message.contains("url_env"), "{e}");
+}

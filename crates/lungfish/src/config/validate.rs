@@ -136,6 +136,35 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
             }
             SinkConfig::File(file) => (&file.path, file.batch_max_rows, file.batch_max_age),
             SinkConfig::Stdout => continue,
+            SinkConfig::Postgres(db) | SinkConfig::ClickHouse(db) => {
+                if db.url.is_empty() && db.url_env.is_none() {
+                    out.related(
+                        vec![join(&path, "url"), join(&path, "url_env")],
+                        "set `url` (e.g. \"postgres://postgres@127.0.0.1:5432/postgres\") or `url_env` (an environment variable holding it)",
+                    );
+                }
+                let table_ok =
+                    db.table.split('.').count() <= 2 && db.table.split('.').all(is_identifier);
+                if !table_ok {
+                    out.add(
+                        join(&path, "table"),
+                        format!("`{}` is not a valid table name", db.table),
+                    );
+                }
+                for (from, to) in &db.columns {
+                    if !is_identifier(to) {
+                        out.add(
+                            join(&join(&path, "columns"), from),
+                            format!("`{to}` is not a valid column name"),
+                        );
+                    }
+                }
+                out.at_least_one(join(&path, "batch_max_rows"), db.batch_max_rows as u64);
+                out.positive(join(&path, "batch_max_age"), db.batch_max_age);
+                out.at_least_one(join(&path, "pool_size"), db.pool_size as u64);
+                out.positive(join(&path, "statement_timeout"), db.statement_timeout);
+                continue;
+            }
         };
         out.non_empty(join(&path, "path"), &file.to_string_lossy());
         out.at_least_one(join(&path, "batch_max_rows"), rows as u64);

@@ -22,7 +22,11 @@
 //! Rows are complete windows keyed by (window start, key); a sink that writes them
 //! idempotently (SQLite's upsert) makes replays after a crash change nothing.
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 pub mod stdout;
 
@@ -90,6 +94,17 @@ impl SinkError {
     }
 }
 
+/// How far a partition's input is covered by what a sink has written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkPosition {
+    /// The log partition.
+    pub partition: u32,
+    /// Every record before this offset has its effects written.
+    pub through: u64,
+    /// Every window ending at or before this time (epoch ms) is written.
+    pub watermark: i64,
+}
+
 /// A destination for window rows.
 pub trait Sink: Send {
     /// Prepares the store for rows of `schema` (creates the table if missing, checks an
@@ -105,6 +120,23 @@ pub trait Sink: Send {
     /// # Errors
     /// The write failed; [`SinkError::retryable`] says if trying again may help.
     fn write(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError>;
+
+    /// Like [`write`](Self::write), also given how far the pipeline's input is covered
+    /// once this batch is durable: per log partition, the offset every record before
+    /// which has its effects in this batch or earlier ones. A sink with transactions
+    /// records them in the same transaction as the rows (see
+    /// [`postgres`](crate::sinks::postgres)). The default ignores them.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    fn write_at(
+        &mut self,
+        batch: &[Arc<WindowRows>],
+        positions: &[SinkPosition],
+    ) -> Result<(), SinkError> {
+        let _ = positions;
+        self.write(batch)
+    }
 
     /// Where the rows go, for summaries: `table windows in results.db`.
     fn describe(&self) -> String;
@@ -182,6 +214,8 @@ pub struct SinkDriver {
     pending: Vec<Arc<WindowRows>>,
     pending_rows: usize,
     markers: Vec<Arc<Checkpoint>>,
+    /// Positions of markers acknowledged without a write, to record with the next one.
+    unrecorded: Vec<SinkPosition>,
     first_pending: Option<Instant>,
     written: u64,
     dead_letters: Option<DeadLetters>,
@@ -214,6 +248,7 @@ impl SinkDriver {
             pending: Vec::new(),
             pending_rows: 0,
             markers: Vec::new(),
+            unrecorded: Vec::new(),
             first_pending: None,
             written: 0,
             dead_letters: None,
@@ -261,7 +296,10 @@ impl SinkDriver {
                 }
                 Ok(SinkMsg::Marker(cp)) => {
                     if self.pending.is_empty() {
-                        cp.ack(); // everything before it is already written
+                        // Everything before it is already written; its position is
+                        // recorded with the next batch (or at the end).
+                        merge_position(&mut self.unrecorded, &cp);
+                        cp.ack();
                     } else {
                         self.markers.push(cp);
                     }
@@ -279,6 +317,13 @@ impl SinkDriver {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush()?;
+                    if !self.unrecorded.is_empty() && !self.control.is_aborting() {
+                        // The positions of markers that came without rows.
+                        let positions = std::mem::take(&mut self.unrecorded);
+                        if let Err(e) = self.write_retrying(&[], &positions) {
+                            tracing::warn!(sink = %self.name, error = %e, "recording the final input positions failed");
+                        }
+                    }
                     return Ok(self.sink);
                 }
             }
@@ -293,8 +338,12 @@ impl SinkDriver {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let mut positions = std::mem::take(&mut self.unrecorded);
+        for m in &self.markers {
+            merge_position(&mut positions, m);
+        }
         let result = loop {
-            match self.write_retrying(&pending) {
+            match self.write_retrying(&pending, &positions) {
                 Err(e) if e.rejects_rows() && self.dead_letters.is_some() => {
                     break self.isolate(&pending, e);
                 }
@@ -331,7 +380,11 @@ impl SinkDriver {
 
     /// Writes `batch`, retrying transient failures with backoff while the attempts and
     /// the retry budget last.
-    fn write_retrying(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+    fn write_retrying(
+        &mut self,
+        batch: &[Arc<WindowRows>],
+        positions: &[SinkPosition],
+    ) -> Result<(), SinkError> {
         let rows: u64 = batch.iter().map(|b| b.len() as u64).sum();
         self.budget.deposit(1, Instant::now());
         let mut attempt = 0u32;
@@ -342,7 +395,7 @@ impl SinkDriver {
                 return Err(SinkError::transient(open.to_string()));
             }
             let started = Instant::now();
-            let result = self.sink.write(batch);
+            let result = self.sink.write_at(batch, positions);
             let outcome = match &result {
                 Err(e) if !e.rejects_rows() => Outcome::Failure,
                 _ => Outcome::Success,
@@ -468,7 +521,7 @@ impl SinkDriver {
             }
             let mid = lo + (hi - lo) / 2;
             for (a, b) in [(lo, mid), (mid, hi)] {
-                match self.write_retrying(&[Arc::new(slice(a, b))]) {
+                match self.write_retrying(&[Arc::new(slice(a, b))], &[]) {
                     Ok(()) => {}
                     Err(e) if e.rejects_rows() => failing.push((a, b, e)),
                     Err(e) => return Err(e),
@@ -511,6 +564,24 @@ impl SinkDriver {
                 "writing refused rows to the dead-letter queue failed: {e}"
             ))
         })
+    }
+}
+
+/// Folds `marker`'s position into `positions` (the furthest per partition).
+fn merge_position(positions: &mut Vec<SinkPosition>, marker: &Checkpoint) {
+    match positions
+        .iter_mut()
+        .find(|p| p.partition == marker.partition)
+    {
+        Some(p) => {
+            p.through = p.through.max(marker.through);
+            p.watermark = p.watermark.max(marker.emitted_through);
+        }
+        None => positions.push(SinkPosition {
+            partition: marker.partition,
+            through: marker.through,
+            watermark: marker.emitted_through,
+        }),
     }
 }
 

@@ -1,0 +1,439 @@
+//! The Postgres sink: window rows upserted through binary `COPY`, one transaction per
+//! batch, with the input positions they cover.
+//!
+//! Per batch, in one transaction:
+//! 1. `COPY lungfish_staging (...) FROM STDIN BINARY`: every row into a session-local
+//!    temporary table (emptied at commit);
+//! 2. `INSERT INTO <table> SELECT ... FROM lungfish_staging ON CONFLICT (window_start,
+//!    key) DO UPDATE SET ...`: an upsert keyed by window and key;
+//! 3. `INSERT INTO lungfish_sink_positions ... ON CONFLICT DO UPDATE` with, per log
+//!    partition, the offset through which the pipeline's input is covered once the
+//!    batch is in, and the watermark: `GREATEST` of the old and new values.
+//!
+//! **Effectively once.** A window row is complete and keyed by `(window_start, key)`;
+//! writing it again writes the same values. Offsets are committed to the log only after
+//! every sink acknowledged the rows before them, so after a crash the pipeline resumes
+//! from offsets whose effects are all in the table; the records after them are
+//! processed again and their rows upserted to the same values: no effect is lost or
+//! applied twice. `lungfish_sink_positions` says how far the table is up to date,
+//! written in the same transaction as the rows (so it never claims rows that are not
+//! there). It moves with every batch of rows, and at the end of a run; micro-batches that
+//! produce no rows change nothing in the table and are recorded with the next batch.
+
+//! Failures: a connection error or a cancelled statement (`statement_timeout`) is
+//! transient (the connection is reopened on the next write); rows the table refuses
+//! (SQLSTATE classes 22 and 23: data exceptions, constraint violations, triggers) are
+//! [`SinkError::rejected_rows`], so the driver isolates them into the dead-letter queue
+//! and writes the rest; anything else is permanent.
+//!
+//! Limits of this version: writes are sequential per sink (`pool_size` is accepted but
+//! one connection writes), and TLS is not built in (`tls = true` or `sslmode=require`
+//! is refused with a clear error).
+
+use std::sync::Arc;
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls};
+
+use super::{Sink, SinkError, SinkPosition};
+use crate::config::DatabaseSinkConfig;
+use crate::window::{ColumnKind, RowSchema, WindowRows};
+
+/// Writes window rows into a Postgres table.
+pub struct PostgresSink {
+    pipeline: String,
+    config: DatabaseSinkConfig,
+    client: Option<Client>,
+    /// Table column names, in row order: window_start, window_end, key, aggregates.
+    columns: Vec<String>,
+    kinds: Vec<ColumnKind>,
+    upsert: String,
+    copy: String,
+    positions: String,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("table", &self.config.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn quote(ident: &str) -> String {
+    ident
+        .split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn error(context: &str, e: &postgres::Error) -> SinkError {
+    let message = match e.as_db_error() {
+        Some(db) => format!("{context}: {} ({})", db.message(), db.code().code()),
+        None => format!("{context}: {e}"),
+    };
+    match e.code() {
+        None => SinkError::transient(message), // the connection, not the statement
+        Some(code) => {
+            let class = &code.code()[..2];
+            if *code == SqlState::QUERY_CANCELED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || class == "08"
+                || class == "53"
+                || class == "57"
+            {
+                SinkError::transient(message)
+            } else if class == "22" || class == "23" || *code == SqlState::RAISE_EXCEPTION {
+                SinkError::rejected_rows(message)
+            } else {
+                SinkError::permanent(message)
+            }
+        }
+    }
+}
+
+impl PostgresSink {
+    /// A sink of pipeline `pipeline` configured by `config` (nothing is connected until
+    /// [`Sink::open`]).
+    pub fn new(pipeline: &str, config: &DatabaseSinkConfig) -> Self {
+        PostgresSink {
+            pipeline: pipeline.to_owned(),
+            config: config.clone(),
+            client: None,
+            columns: Vec::new(),
+            kinds: Vec::new(),
+            upsert: String::new(),
+            copy: String::new(),
+            positions: String::new(),
+        }
+    }
+
+    fn where_(&self) -> String {
+        format!("postgres table {}", self.config.table)
+    }
+
+    fn connect(&self) -> Result<Client, SinkError> {
+        let url = self.config.resolved_url().map_err(SinkError::permanent)?;
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| SinkError::permanent(format!("postgres url {}: {e}", redacted(&url))))?;
+        if self.config.tls || config.get_ssl_mode() == postgres::config::SslMode::Require {
+            return Err(SinkError::permanent(
+                "TLS to Postgres is not built into this version of lungfish: connect over a trusted network or a local socket, or use a TLS-terminating proxy",
+            ));
+        }
+        config.ssl_mode(postgres::config::SslMode::Disable);
+        config.application_name("lungfish");
+        config.connect_timeout(self.config.statement_timeout);
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| error(&format!("connecting to {}", redacted(&url)), &e))?;
+        let timeout_ms = self.config.statement_timeout.as_millis().max(1);
+        // The staging table lives with the session; rows vanish at each commit.
+        let staging = format!(
+            "SET statement_timeout = {timeout_ms};
+             CREATE TEMP TABLE IF NOT EXISTS lungfish_staging ({}) ON COMMIT DELETE ROWS;",
+            self.columns
+                .iter()
+                .zip(&self.kinds_with_keys())
+                .map(|(c, t)| format!("{} {t}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        client
+            .batch_execute(&staging)
+            .map_err(|e| error(&self.where_(), &e))?;
+        Ok(client)
+    }
+
+    /// SQL types of the columns, window_start first.
+    fn kinds_with_keys(&self) -> Vec<&'static str> {
+        let mut out = vec!["BIGINT", "BIGINT", "TEXT"];
+        out.extend(self.kinds.iter().map(|k| match k {
+            ColumnKind::Integer => "BIGINT",
+            ColumnKind::Real => "DOUBLE PRECISION",
+        }));
+        out
+    }
+
+    fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(self.connect()?);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Per partition, the positions recorded for this pipeline and table.
+    ///
+    /// # Errors
+    /// The query failed.
+    pub fn recorded_positions(&mut self) -> Result<Vec<SinkPosition>, SinkError> {
+        let (pipeline, table) = (self.pipeline.clone(), self.config.table.clone());
+        let where_ = self.where_();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT partition, through, watermark FROM lungfish_sink_positions
+                 WHERE pipeline = $1 AND sink_table = $2 ORDER BY partition",
+                &[&pipeline, &table],
+            )
+            .map_err(|e| error(&where_, &e))?;
+        Ok(rows
+            .iter()
+            .map(|r| SinkPosition {
+                partition: r.get::<_, i32>(0) as u32,
+                through: r.get::<_, i64>(1) as u64,
+                watermark: r.get(2),
+            })
+            .collect())
+    }
+}
+
+impl Sink for PostgresSink {
+    fn open(&mut self, schema: &RowSchema) -> Result<(), SinkError> {
+        let c = &self.config;
+        let mut columns = vec![
+            c.column_name("window_start").to_owned(),
+            c.column_name("window_end").to_owned(),
+            c.column_name("key").to_owned(),
+        ];
+        columns.extend(
+            schema
+                .columns()
+                .iter()
+                .map(|(name, _)| c.column_name(name).to_owned()),
+        );
+        self.kinds = schema.columns().iter().map(|(_, k)| *k).collect();
+        self.columns = columns;
+        let table = quote(&c.table);
+        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        let list = cols.join(", ");
+        let updates = cols[1..]
+            .iter()
+            .filter(|c| **c != cols[2])
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.copy = format!("COPY lungfish_staging ({list}) FROM STDIN BINARY");
+        self.upsert = format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM lungfish_staging
+             ON CONFLICT ({}, {}) DO UPDATE SET {updates}",
+            cols[0], cols[2]
+        );
+        self.positions = "INSERT INTO lungfish_sink_positions (pipeline, sink_table, partition, through, watermark)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (pipeline, sink_table, partition) DO UPDATE SET
+               through = GREATEST(lungfish_sink_positions.through, EXCLUDED.through),
+               watermark = GREATEST(lungfish_sink_positions.watermark, EXCLUDED.watermark),
+               updated_at = now()"
+            .to_owned();
+        let types = self.kinds_with_keys();
+        let create = self.config.create_table;
+        let table_name = self.config.table.clone();
+        let where_ = self.where_();
+        let definitions = self
+            .columns
+            .iter()
+            .zip(&types)
+            .map(|(c, t)| format!("{} {t} NOT NULL", quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (ws, key) = (cols[0].clone(), cols[2].clone());
+        let wanted = self.columns.clone();
+        let client = self.client()?;
+        if create {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {table} ({definitions}, PRIMARY KEY ({ws}, {key}))"
+                ))
+                .map_err(|e| error(&where_, &e))?;
+        }
+        // The table must have our columns (it may have more).
+        let (schema_name, bare) = match table_name.split_once('.') {
+            Some((s, t)) => (Some(s.to_owned()), t.to_owned()),
+            None => (None, table_name.clone()),
+        };
+        let rows = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_name = $1 AND ($2::text IS NULL OR table_schema = $2)
+                   AND ($2::text IS NOT NULL OR table_schema = ANY (current_schemas(false)))",
+                &[&bare, &schema_name],
+            )
+            .map_err(|e| error(&where_, &e))?;
+        let have: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if have.is_empty() {
+            return Err(SinkError::permanent(format!(
+                "{where_}: the table does not exist (set create_table = true, or create it with columns {})",
+                wanted.join(", ")
+            )));
+        }
+        let missing: Vec<&String> = wanted.iter().filter(|c| !have.contains(c)).collect();
+        if !missing.is_empty() {
+            return Err(SinkError::permanent(format!(
+                "{where_}: the table lacks columns {missing:?} (it has {have:?}); map them with `columns` or use another table"
+            )));
+        }
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS lungfish_sink_positions (
+                   pipeline TEXT NOT NULL, sink_table TEXT NOT NULL, partition INT NOT NULL,
+                   through BIGINT NOT NULL, watermark BIGINT NOT NULL,
+                   updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                   PRIMARY KEY (pipeline, sink_table, partition))",
+            )
+            .map_err(|e| error(&where_, &e))?;
+        let recorded = self.recorded_positions()?;
+        if !recorded.is_empty() {
+            tracing::info!(table = %table_name, ?recorded, "postgres sink: positions recorded by earlier runs");
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
+        self.write_at(batch, &[])
+    }
+
+    fn write_at(
+        &mut self,
+        batch: &[Arc<WindowRows>],
+        positions: &[SinkPosition],
+    ) -> Result<(), SinkError> {
+        if batch.is_empty() && positions.is_empty() {
+            return Ok(());
+        }
+        let where_ = self.where_();
+        let types: Vec<Type> = self
+            .kinds_with_keys()
+            .iter()
+            .map(|t| match *t {
+                "TEXT" => Type::TEXT,
+                "DOUBLE PRECISION" => Type::FLOAT8,
+                _ => Type::INT8,
+            })
+            .collect();
+        let (copy, upsert, positions_sql) = (
+            self.copy.clone(),
+            self.upsert.clone(),
+            self.positions.clone(),
+        );
+        let (pipeline, table) = (self.pipeline.clone(), self.config.table.clone());
+        self.client()?;
+        let result = (|| -> Result<(), postgres::Error> {
+            let client = self.client.as_mut().expect("connected by the caller");
+            let mut tx = client.transaction()?;
+            {
+                let writer = tx.copy_in(copy.as_str())?;
+                let mut writer = BinaryCopyInWriter::new(writer, &types);
+                let mut ints: Vec<i64> = Vec::new();
+                let mut reals: Vec<f64> = Vec::new();
+                for rows in batch {
+                    let kinds = rows.schema().columns();
+                    for i in 0..rows.len() {
+                        ints.clear();
+                        reals.clear();
+                        for (c, (_, kind)) in kinds.iter().enumerate() {
+                            match kind {
+                                ColumnKind::Integer => ints.push(rows.value(i, c) as i64),
+                                ColumnKind::Real => reals.push(rows.value(i, c)),
+                            }
+                        }
+                        let (start, end, key) =
+                            (rows.window_start(i), rows.window_end(i), rows.key(i));
+                        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&start, &end, &key];
+                        let (mut ii, mut ri) = (0, 0);
+                        for (_, kind) in kinds {
+                            match kind {
+                                ColumnKind::Integer => {
+                                    values.push(&ints[ii]);
+                                    ii += 1;
+                                }
+                                ColumnKind::Real => {
+                                    values.push(&reals[ri]);
+                                    ri += 1;
+                                }
+                            }
+                        }
+                        writer.write(&values)?;
+                    }
+                }
+                writer.finish()?;
+            }
+            tx.execute(upsert.as_str(), &[])?;
+            for p in positions {
+                let (partition, through) = (p.partition as i32, p.through as i64);
+                tx.execute(
+                    positions_sql.as_str(),
+                    &[&pipeline, &table, &partition, &through, &p.watermark],
+                )?;
+            }
+            tx.commit()
+        })();
+        result.map_err(|e| {
+            let e = error(&where_, &e);
+            if e.retryable {
+                // Reconnect on the next attempt: the session may be gone.
+                self.client = None;
+            }
+            e
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "table {} in {}",
+            self.config.table,
+            redacted(&self.config.resolved_url().unwrap_or_default())
+        )
+    }
+
+    fn query_hint(&self) -> Option<String> {
+        Some(format!(
+            "psql \"{}\" -c 'SELECT * FROM {} ORDER BY window_start, key LIMIT 10'",
+            redacted(&self.config.resolved_url().unwrap_or_default()),
+            self.config.table
+        ))
+    }
+
+    fn stored_rows(&mut self) -> Option<u64> {
+        let table = quote(&self.config.table);
+        let client = self.client().ok()?;
+        client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .ok()
+            .map(|r| r.get::<_, i64>(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redacted("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(quote("public.win\"dows"), "\"public\".\"win\"\"dows\"");
+    }
+}

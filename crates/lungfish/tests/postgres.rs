@@ -1,0 +1,377 @@
+//! The Postgres sink against a real Postgres (Debian's `postgresql`, started here on a
+//! loopback port in a temporary directory; `.ci/run` installs it): idempotent upserts
+//! with positions in the same transaction, a refused row isolated into the dead-letter
+//! queue, a whole pipeline landing the same rows as SQLite, and a server restart ridden
+//! out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lungfish::config::{
+    AggFunc, AggregateSpec, DatabaseSinkConfig, GeneratorConfig, KeyDistribution, NamedSink,
+    NamedSource, SinkConfig, SourceConfig, SqliteSinkConfig,
+};
+use lungfish::dlq::DeadLetters;
+use lungfish::shard::SinkMsg;
+use lungfish::sinks::postgres::PostgresSink;
+use lungfish::sinks::{DriverSettings, Sink, SinkDriver, SinkPosition};
+use lungfish::window::{RowSchema, WindowRows};
+use lungfish::{Control, Pipeline, PipelineConfig};
+
+/// A Postgres server of its own, stopped on drop.
+struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_root: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("pg_ctl").exists())
+                    .max()
+            })
+            .expect("Postgres is not installed: `.ci/run` installs Debian's postgresql package");
+        let uid = Command::new("id").arg("-u").output().unwrap();
+        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = tempfile::tempdir().unwrap();
+        if as_root {
+            // initdb refuses root: the server runs as the package's `postgres` user.
+            assert!(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let pg = Pg {
+            dir,
+            bin,
+            port: free_port(),
+            as_root,
+        };
+        pg.run(&format!(
+            "{}/initdb -D {}/data -A trust -U postgres --no-sync > {}/initdb.log 2>&1",
+            pg.bin.display(),
+            pg.path().display(),
+            pg.path().display()
+        ));
+        pg.up();
+        pg
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, command: &str) {
+        let status = if self.as_root {
+            Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", command])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", command]).status()
+        }
+        .unwrap();
+        assert!(status.success(), "`{command}` failed");
+    }
+
+    fn up(&self) {
+        self.run(&format!(
+            "{}/pg_ctl -D {dir}/data -l {dir}/server.log -o '-p {} -k {dir} -c listen_addresses=127.0.0.1' -w -t 60 start > /dev/null",
+            self.bin.display(),
+            self.port,
+            dir = self.path().display()
+        ));
+    }
+
+    fn down(&self) {
+        self.run(&format!(
+            "{}/pg_ctl -D {}/data -m immediate -w stop > /dev/null",
+            self.bin.display(),
+            self.path().display()
+        ));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let command = format!(
+            "{}/pg_ctl -D {}/data -m immediate stop > /dev/null 2>&1",
+            self.bin.display(),
+            self.path().display()
+        );
+        let _ = if self.as_root {
+            Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", &command])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", &command]).status()
+        };
+    }
+}
+
+fn schema() -> Arc<RowSchema> {
+    Arc::new(RowSchema::new(
+        &[
+            AggregateSpec::count(),
+            AggregateSpec::new(AggFunc::Sum, Some("value")),
+        ],
+        &["value".into()],
+    ))
+}
+
+fn rows(n: usize, poison_at: Option<usize>) -> WindowRows {
+    let mut rows = WindowRows::new(schema());
+    for i in 0..n {
+        let key = if Some(i) == poison_at {
+            "poison".to_owned()
+        } else {
+            format!("k{i}")
+        };
+        rows.push(
+            (i as i64 % 10) * 1000,
+            (i as i64 % 10) * 1000 + 1000,
+            &key,
+            &[i as f64, i as f64 / 2.0],
+        );
+    }
+    rows
+}
+
+#[test]
+fn upserts_are_idempotent_and_positions_are_in_the_same_transaction() {
+    let pg = Pg::start();
+    let mut config = DatabaseSinkConfig::new(pg.url());
+    config.table = "clicks".into();
+    config.columns = vec![("key".into(), "user_id".into())];
+    let mut sink = PostgresSink::new("p", &config);
+    sink.open(&schema()).unwrap();
+    let batch = [Arc::new(rows(5_000, None))];
+    let at = |through| {
+        vec![
+            SinkPosition {
+                partition: 0,
+                through,
+                watermark: 7_000,
+            },
+            SinkPosition {
+                partition: 1,
+                through: 10,
+                watermark: 5_000,
+            },
+        ]
+    };
+    sink.write_at(&batch, &at(100)).unwrap();
+    // A replay after a crash writes the same rows again, with older positions.
+    sink.write_at(&batch, &at(40)).unwrap();
+    assert_eq!(sink.stored_rows(), Some(5_000));
+    let mut client = pg.client();
+    let row = client
+        .query_one(
+            "SELECT count, sum_value, window_end FROM clicks WHERE user_id = 'k1234'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, f64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (1234, 617.0, 5000)
+    );
+    let positions = sink.recorded_positions().unwrap();
+    assert_eq!(positions, at(100), "positions never go backwards");
+    // Another shape against the same table is refused with the missing columns.
+    let other = Arc::new(RowSchema::new(
+        &[AggregateSpec::new(AggFunc::Max, Some("value"))],
+        &["value".into()],
+    ));
+    let err = PostgresSink::new("p", &config).open(&other).unwrap_err();
+    assert!(err.message.contains("max_value"), "{err}");
+    assert!(!err.retryable);
+}
+
+#[test]
+fn a_refused_row_goes_to_the_dead_letter_queue_and_the_rest_is_written() {
+    let pg = Pg::start();
+    let config = DatabaseSinkConfig::new(pg.url());
+    let mut sink = PostgresSink::new("p", &config);
+    sink.open(&schema()).unwrap();
+    pg.client()
+        .batch_execute(
+            "CREATE FUNCTION no_poison() RETURNS trigger AS $$
+             BEGIN IF NEW.key = 'poison' THEN RAISE EXCEPTION 'key poison is not allowed'; END IF;
+             RETURN NEW; END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER no_poison BEFORE INSERT ON windows FOR EACH ROW EXECUTE FUNCTION no_poison();",
+        )
+        .unwrap();
+    let dlq_dir = tempfile::tempdir().unwrap();
+    let dead_letters =
+        DeadLetters::open(dlq_dir.path(), lungfish_log::FsyncPolicy::Always).unwrap();
+    let control = Arc::new(Control::new());
+    let driver = SinkDriver::new(
+        "pg",
+        Box::new(sink),
+        DriverSettings {
+            batch_max_rows: 20_000,
+            ..DriverSettings::default()
+        },
+        control.clone(),
+    )
+    .with_dead_letters(dead_letters.clone());
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    tx.send(SinkMsg::Rows(Arc::new(rows(10_000, Some(4_321)))))
+        .unwrap();
+    drop(tx);
+    let mut sink = driver.run(rx).expect("written around the poison pill");
+    assert!(control.error().is_none());
+    assert_eq!(sink.stored_rows(), Some(9_999));
+    let mut letters = Vec::new();
+    dead_letters
+        .for_each(0, |_, d| letters.push(d.unwrap()))
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].kind, "rejected_row");
+    assert!(
+        letters[0].reason.contains("poison"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(String::from_utf8_lossy(&letters[0].payload).contains("\"key\":\"poison\""));
+}
+
+fn table(client: &mut postgres::Client) -> Vec<(i64, String, i64, f64)> {
+    client
+        .query(
+            "SELECT window_start, key, count, sum_value FROM windows ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn sqlite_table(path: &Path) -> Vec<(i64, String, i64, f64)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT window_start, key, count, sum_value FROM windows ORDER BY 1, 2")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_pipeline_lands_the_same_rows_in_postgres_as_in_sqlite_exactly_once() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PipelineConfig {
+        name: "pgtest".into(),
+        data_dir: dir.path().join("data"),
+        sources: vec![NamedSource {
+            name: "gen".into(),
+            config: SourceConfig::Generator(GeneratorConfig {
+                count: Some(200_000),
+                keys: 3_000,
+                distribution: KeyDistribution::Zipf,
+                disorder: Duration::from_millis(500),
+                seed: 5,
+                events_per_second: 40_000,
+                ..GeneratorConfig::default()
+            }),
+        }],
+        sinks: vec![
+            NamedSink {
+                name: "local".into(),
+                config: SinkConfig::Sqlite(SqliteSinkConfig::new(dir.path().join("out.db"))),
+            },
+            NamedSink {
+                name: "pg".into(),
+                config: SinkConfig::Postgres(DatabaseSinkConfig::new(pg.url())),
+            },
+        ],
+        ..PipelineConfig::default()
+    };
+    config.log.partitions = 3;
+    config.pipeline.out_of_orderness = Duration::from_millis(500);
+    config.pipeline.aggregates = vec![
+        AggregateSpec::count(),
+        AggregateSpec::new(AggFunc::Sum, Some("value")),
+    ];
+    let summary = Pipeline::new(config.clone())
+        .unwrap()
+        .run(Arc::new(Control::new()))
+        .unwrap();
+    assert!(summary.complete);
+    let mut client = pg.client();
+    let in_pg = table(&mut client);
+    let in_sqlite = sqlite_table(&dir.path().join("out.db"));
+    assert!(in_pg.len() > 1_000, "{} rows", in_pg.len());
+    assert_eq!(in_pg, in_sqlite);
+    // Every partition's position is recorded, in the rows' transactions.
+    let positions: Vec<(i32, i64)> = client
+        .query(
+            "SELECT partition, through FROM lungfish_sink_positions WHERE pipeline = 'pgtest' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(positions.len(), 3, "{positions:?}");
+    let logged: u64 = positions.iter().map(|(_, t)| *t as u64).sum();
+    assert_eq!(logged, summary.log_events, "positions cover the whole log");
+    // Running again changes nothing.
+    Pipeline::new(config)
+        .unwrap()
+        .run(Arc::new(Control::new()))
+        .unwrap();
+    assert_eq!(table(&mut client), in_sqlite);
+}
+
+#[test]
+fn a_server_restart_is_ridden_out() {
+    let pg = Pg::start();
+    let mut sink = PostgresSink::new("p", &DatabaseSinkConfig::new(pg.url()));
+    sink.open(&schema()).unwrap();
+    let batch = [Arc::new(rows(100, None))];
+    sink.write(&batch).unwrap();
+    pg.down();
+    let err = sink.write(&batch).unwrap_err();
+    assert!(
+        err.retryable,
+        "a server that is down is worth retrying: {err}"
+    );
+    pg.up();
+    sink.write(&batch).unwrap();
+    assert_eq!(sink.stored_rows(), Some(100));
+}
