@@ -4,8 +4,7 @@
 //! queue, a whole pipeline landing the same rows as SQLite, and a server restart ridden
 //! out.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,121 +19,9 @@ use lungfish::sinks::{DriverSettings, Sink, SinkDriver, SinkPosition};
 use lungfish::window::{RowSchema, WindowRows};
 use lungfish::{Control, Pipeline, PipelineConfig};
 
-/// A Postgres server of its own, stopped on drop.
-struct Pg {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-    as_root: bool,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Pg {
-    fn start() -> Pg {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.path().join("bin"))
-                    .filter(|p| p.join("pg_ctl").exists())
-                    .max()
-            })
-            .expect("Postgres is not installed: `.ci/run` installs Debian's postgresql package");
-        let uid = Command::new("id").arg("-u").output().unwrap();
-        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
-        let dir = tempfile::tempdir().unwrap();
-        if as_root {
-            // initdb refuses root: the server runs as the package's `postgres` user.
-            assert!(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(dir.path())
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-        let pg = Pg {
-            dir,
-            bin,
-            port: free_port(),
-            as_root,
-        };
-        pg.run(&format!(
-            "{}/initdb -D {}/data -A trust -U postgres --no-sync > {}/initdb.log 2>&1",
-            pg.bin.display(),
-            pg.path().display(),
-            pg.path().display()
-        ));
-        pg.up();
-        pg
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn run(&self, command: &str) {
-        let status = if self.as_root {
-            Command::new("su")
-                .args(["postgres", "-s", "/bin/sh", "-c", command])
-                .status()
-        } else {
-            Command::new("sh").args(["-c", command]).status()
-        }
-        .unwrap();
-        assert!(status.success(), "`{command}` failed");
-    }
-
-    fn up(&self) {
-        self.run(&format!(
-            "{}/pg_ctl -D {dir}/data -l {dir}/server.log -o '-p {} -k {dir} -c listen_addresses=127.0.0.1' -w -t 60 start > /dev/null",
-            self.bin.display(),
-            self.port,
-            dir = self.path().display()
-        ));
-    }
-
-    fn down(&self) {
-        self.run(&format!(
-            "{}/pg_ctl -D {}/data -m immediate -w stop > /dev/null",
-            self.bin.display(),
-            self.path().display()
-        ));
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let command = format!(
-            "{}/pg_ctl -D {}/data -m immediate stop > /dev/null 2>&1",
-            self.bin.display(),
-            self.path().display()
-        );
-        let _ = if self.as_root {
-            Command::new("su")
-                .args(["postgres", "-s", "/bin/sh", "-c", &command])
-                .status()
-        } else {
-            Command::new("sh").args(["-c", &command]).status()
-        };
-    }
-}
+#[path = "support/pg.rs"]
+mod pg;
+use pg::Pg;
 
 fn schema() -> Arc<RowSchema> {
     Arc::new(RowSchema::new(
@@ -374,4 +261,59 @@ fn a_server_restart_is_ridden_out() {
     pg.up();
     sink.write(&batch).unwrap();
     assert_eq!(sink.stored_rows(), Some(100));
+}
+
+#[test]
+fn postgres_restarted_during_a_run_loses_nothing() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PipelineConfig {
+        name: "restart".into(),
+        data_dir: dir.path().join("data"),
+        sources: vec![NamedSource {
+            name: "gen".into(),
+            config: SourceConfig::Generator(GeneratorConfig {
+                count: Some(150_000),
+                rate: lungfish::config::Rate::PerSecond(50_000),
+                keys: 2_000,
+                seed: 9,
+                events_per_second: 50_000,
+                ..GeneratorConfig::default()
+            }),
+        }],
+        sinks: vec![
+            NamedSink {
+                name: "local".into(),
+                config: SinkConfig::Sqlite(SqliteSinkConfig::new(dir.path().join("out.db"))),
+            },
+            NamedSink {
+                name: "pg".into(),
+                config: SinkConfig::Postgres(DatabaseSinkConfig::new(pg.url())),
+            },
+        ],
+        ..PipelineConfig::default()
+    };
+    config.pipeline.aggregates = vec![
+        AggregateSpec::count(),
+        AggregateSpec::new(AggFunc::Sum, Some("value")),
+    ];
+    let control = Arc::new(Control::new());
+    let run = {
+        let control = control.clone();
+        std::thread::spawn(move || Pipeline::new(config).unwrap().run(control))
+    };
+    // Down for 1.5 s in the middle of the 3 s run.
+    std::thread::sleep(Duration::from_millis(800));
+    pg.down();
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.up();
+    let summary = run.join().unwrap().expect("the run rides out the restart");
+    assert!(summary.complete);
+    assert!(control.error().is_none());
+    let in_pg = table(&mut pg.client());
+    let in_sqlite = sqlite_table(&dir.path().join("out.db"));
+    assert!(in_pg.len() > 1_000);
+    assert_eq!(in_pg, in_sqlite);
+    let events: i64 = in_pg.iter().map(|r| r.2).sum();
+    assert_eq!(events as u64, summary.processed - summary.late);
 }
