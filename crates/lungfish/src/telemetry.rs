@@ -20,6 +20,13 @@
 //! | `lungfish_sink_write_seconds` | histogram | `sink` | duration of one sink batch write |
 //! | `lungfish_sink_rows_total` | counter | `sink` | rows durably written |
 //! | `lungfish_sink_errors_total` | counter | `sink` | failed write attempts |
+//! | `lungfish_sink_retries_total` | counter | `sink` | retries of failed writes (inside the retry budget) |
+//! | `lungfish_sink_retry_budget_exhausted_total` | counter | `sink` | failures not retried because the budget was spent |
+//! | `lungfish_breaker_state` | gauge | `component` | 0 closed, 1 half-open, 2 open |
+//! | `lungfish_http_responses_total` | counter | `source`, `status` | HTTP source answers by status code |
+//! | `lungfish_http_connections_refused_total` | counter | `source` | connections over `max_connections` |
+//! | `lungfish_http_idempotency_evicted_total` | counter | | idempotency answers forgotten before their horizon (over `idempotency_max_keys`) |
+//! | `lungfish_concurrency_limit` | gauge | | the adaptive concurrency limit, where one is used |
 //!
 //! Stages: `source` (lines in, events appended out), `consumer` (records read in,
 //! events routed to shards out; the difference is late or skipped events), `window`
