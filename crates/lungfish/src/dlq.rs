@@ -9,6 +9,7 @@
 //! stage, kind, reason, location, time and attempts. The payload is the original bytes,
 //! kept as they were (even when they are not valid UTF-8).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,12 +37,18 @@ pub struct DeadLetter {
     pub attempts: u32,
 }
 
+/// The entry's header. Strings borrow from the record unless JSON escapes (quotes, line
+/// breaks in a reason) make them need a copy.
 #[derive(Serialize, Deserialize)]
 struct Meta<'a> {
-    stage: &'a str,
-    kind: &'a str,
-    reason: &'a str,
-    location: &'a str,
+    #[serde(borrow)]
+    stage: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+    #[serde(borrow)]
+    location: Cow<'a, str>,
     time_ms: i64,
     attempts: u32,
 }
@@ -58,10 +65,10 @@ impl DeadLetter {
     /// Appends the encoded entry to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let meta = Meta {
-            stage: &self.stage,
-            kind: &self.kind,
-            reason: &self.reason,
-            location: &self.location,
+            stage: Cow::Borrowed(&self.stage),
+            kind: Cow::Borrowed(&self.kind),
+            reason: Cow::Borrowed(&self.reason),
+            location: Cow::Borrowed(&self.location),
             time_ms: self.time_ms,
             attempts: self.attempts,
         };
@@ -78,10 +85,10 @@ impl DeadLetter {
         let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
         let meta: Meta<'_> = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
         Some(DeadLetter {
-            stage: meta.stage.to_owned(),
-            kind: meta.kind.to_owned(),
-            reason: meta.reason.to_owned(),
-            location: meta.location.to_owned(),
+            stage: meta.stage.into_owned(),
+            kind: meta.kind.into_owned(),
+            reason: meta.reason.into_owned(),
+            location: meta.location.into_owned(),
             payload: bytes[4 + len..].to_vec(),
             time_ms: meta.time_ms,
             attempts: meta.attempts,
@@ -269,6 +276,25 @@ impl DeadLetters {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn entries_with_quotes_and_line_breaks_decode() {
+        let entry = DeadLetter {
+            stage: "sink:ch".into(),
+            kind: "rejected_row".into(),
+            reason:
+                "Code: 27, e.displayText() = DB::Exception: expected \" before: 'x'\nrow 3 \\ done"
+                    .into(),
+            location: "window 0..1000 key \"k\"".into(),
+            payload: b"{\"key\":\"k\"}".to_vec(),
+            time_ms: 17,
+            attempts: 2,
+        };
+        let mut bytes = Vec::new();
+        entry.encode(&mut bytes);
+        assert_eq!(DeadLetter::decode(&bytes), Some(entry));
+    }
+
     use super::*;
 
     fn entry(i: u32) -> DeadLetter {
