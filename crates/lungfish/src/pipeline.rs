@@ -204,6 +204,11 @@ impl Pipeline {
                     Box::new(crate::sinks::postgres::PostgresSink::new(&cfg.name, c)),
                     database_settings(c),
                 ),
+                #[cfg(feature = "clickhouse")]
+                SinkConfig::ClickHouse(c) => (
+                    Box::new(crate::sinks::clickhouse::ClickHouseSink::new(c)),
+                    database_settings(c),
+                ),
                 #[allow(unreachable_patterns)]
                 other => {
                     return Err(Error::Sink {

@@ -22,6 +22,8 @@
 //! Rows are complete windows keyed by (window start, key); a sink that writes them
 //! idempotently (SQLite's upsert) makes replays after a crash change nothing.
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod file;
 #[cfg(feature = "postgres")]
 pub mod postgres;
