@@ -6,6 +6,7 @@
 mod admin;
 mod bench;
 mod bench_log;
+mod bench_postgres;
 mod dlq;
 mod generate;
 mod load;
@@ -38,7 +39,7 @@ enum Command {
     },
     /// Write generated JSON-lines events to standard output or a file.
     Generate(generate::Args),
-    /// Benchmarks: the pipeline against parse-only speed (default), or `bench log`.
+    /// Benchmarks: the pipeline against parse-only speed (default), `bench log`, `bench postgres`.
     Bench(BenchCommand),
     /// Look at the dead-letter queue of a pipeline.
     #[command(subcommand)]
@@ -50,7 +51,7 @@ enum Command {
     Load(load::Args),
 }
 
-/// `lungfish bench [log]`.
+/// `lungfish bench [log | postgres]`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 struct BenchCommand {
@@ -64,6 +65,8 @@ struct BenchCommand {
 enum BenchWhat {
     /// The log's append and catch-up read throughput against the disk's write bandwidth.
     Log(bench_log::Args),
+    /// One million rows into Postgres: one INSERT per row, multi-row INSERTs, and the COPY sink, side by side, with the server's CPU time.
+    Postgres(bench_postgres::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Bench(b) => match b.what {
             Some(BenchWhat::Log(args)) => bench_log::bench_log(args),
+            Some(BenchWhat::Postgres(args)) => bench_postgres::bench_postgres(args),
             None => bench::bench(b.pipeline),
         },
         Command::Dlq(cmd) => dlq::dlq(cmd),
