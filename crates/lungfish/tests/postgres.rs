@@ -317,3 +317,34 @@ fn postgres_restarted_during_a_run_loses_nothing() {
     let events: i64 = in_pg.iter().map(|r| r.2).sum();
     assert_eq!(events as u64, summary.processed - summary.late);
 }
+
+#[test]
+fn tls_is_used_when_asked() {
+    let pg = Pg::start_tls();
+    let mut config = DatabaseSinkConfig::new(pg.url());
+    config.tls = true;
+    let mut sink = PostgresSink::new("p", &config);
+    sink.open(&schema()).unwrap();
+    sink.write(&[Arc::new(rows(1_000, None))]).unwrap();
+    assert_eq!(sink.stored_rows(), Some(1_000));
+    // The server says the sink's session is encrypted.
+    let row = pg
+        .client()
+        .query_one(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'lungfish'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, Option<bool>>(1)),
+        (1, Some(true))
+    );
+    // sslmode=require in the URL asks for it too.
+    let mut sink = PostgresSink::new(
+        "p",
+        &DatabaseSinkConfig::new(format!("{}?sslmode=require", pg.url())),
+    );
+    sink.open(&schema()).unwrap();
+    assert_eq!(sink.stored_rows(), Some(1_000));
+}

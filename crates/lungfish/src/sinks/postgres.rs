@@ -26,9 +26,12 @@
 //! [`SinkError::rejected_rows`], so the driver isolates them into the dead-letter queue
 //! and writes the rest; anything else is permanent.
 //!
-//! Limits of this version: writes are sequential per sink (`pool_size` is accepted but
-//! one connection writes), and TLS is not built in (`tls = true` or `sslmode=require`
-//! is refused with a clear error).
+//! TLS: `tls = true` (or `sslmode=require` in the URL) encrypts the connection through
+//! the system's OpenSSL, as libpq's `sslmode=require` does: the server's certificate is
+//! not verified against a CA (verification is a next step).
+//!
+//! Limit of this version: writes are sequential per sink (`pool_size` is accepted but
+//! one connection writes).
 
 use std::sync::Arc;
 
@@ -135,17 +138,24 @@ impl PostgresSink {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| SinkError::permanent(format!("postgres url {}: {e}", redacted(&url))))?;
-        if self.config.tls || config.get_ssl_mode() == postgres::config::SslMode::Require {
-            return Err(SinkError::permanent(
-                "TLS to Postgres is not built into this version of lungfish: connect over a trusted network or a local socket, or use a TLS-terminating proxy",
-            ));
-        }
-        config.ssl_mode(postgres::config::SslMode::Disable);
+        let tls = self.config.tls || config.get_ssl_mode() == postgres::config::SslMode::Require;
         config.application_name("lungfish");
         config.connect_timeout(self.config.statement_timeout);
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| error(&format!("connecting to {}", redacted(&url)), &e))?;
+        let connected = if tls {
+            // As libpq's `sslmode=require`: encrypted; the server's certificate is not
+            // checked against a CA.
+            config.ssl_mode(postgres::config::SslMode::Require);
+            let connector = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .map_err(|e| SinkError::permanent(format!("setting up TLS: {e}")))?;
+            config.connect(postgres_native_tls::MakeTlsConnector::new(connector))
+        } else {
+            config.ssl_mode(postgres::config::SslMode::Disable);
+            config.connect(NoTls)
+        };
+        let mut client =
+            connected.map_err(|e| error(&format!("connecting to {}", redacted(&url)), &e))?;
         let timeout_ms = self.config.statement_timeout.as_millis().max(1);
         // The staging table lives with the session; rows vanish at each commit.
         let staging = format!(

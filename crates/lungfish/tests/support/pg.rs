@@ -26,6 +26,15 @@ fn free_port() -> u16 {
 
 impl Pg {
     pub fn start() -> Pg {
+        Self::start_with(false)
+    }
+
+    /// A server that also accepts TLS (a self-signed certificate made here).
+    pub fn start_tls() -> Pg {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Pg {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| {
@@ -61,6 +70,12 @@ impl Pg {
             pg.path().display(),
             pg.path().display()
         ));
+        if tls {
+            pg.run(&format!(
+                "cd {}/data && openssl req -x509 -newkey rsa:2048 -nodes -keyout server.key -out server.crt -days 1 -subj /CN=localhost > /dev/null 2>&1 && chmod 600 server.key && echo 'ssl = on' >> postgresql.conf",
+                pg.path().display()
+            ));
+        }
         pg.up();
         pg
     }
