@@ -348,3 +348,43 @@ fn tls_is_used_when_asked() {
     sink.open(&schema()).unwrap();
     assert_eq!(sink.stored_rows(), Some(1_000));
 }
+
+#[test]
+fn a_large_batch_is_loaded_over_several_connections() {
+    let pg = Pg::start();
+    let mut config = DatabaseSinkConfig::new(pg.url());
+    config.pool_size = 3;
+    let mut sink = PostgresSink::new("p", &config);
+    sink.open(&schema()).unwrap();
+    let position = SinkPosition {
+        partition: 0,
+        through: 77,
+        watermark: 9_000,
+    };
+    let batch: Vec<Arc<WindowRows>> = (0..3).map(|_| Arc::new(rows(10_000, None))).collect();
+    sink.write_at(&batch[..1], &[position]).unwrap();
+    let mut distinct = WindowRows::new(schema());
+    for i in 0..30_000 {
+        distinct.push(100_000, 101_000, &format!("p{i}"), &[1.0, i as f64]);
+    }
+    sink.write_at(&[Arc::new(distinct)], &[position]).unwrap();
+    assert_eq!(sink.stored_rows(), Some(40_000));
+    let mut client = pg.client();
+    let sessions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lungfish'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 3, "three connections shared the 30,000 rows");
+    let sum: f64 = client
+        .query_one(
+            "SELECT sum(sum_value) FROM windows WHERE window_start = 100000",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, (0..30_000).map(f64::from).sum::<f64>());
+    assert_eq!(sink.recorded_positions().unwrap(), vec![position]);
+}

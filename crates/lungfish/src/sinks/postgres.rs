@@ -30,8 +30,12 @@
 //! the system's OpenSSL, as libpq's `sslmode=require` does: the server's certificate is
 //! not verified against a CA (verification is a next step).
 //!
-//! Limit of this version: writes are sequential per sink (`pool_size` is accepted but
-//! one connection writes).
+//! **Parallel loading.** With `pool_size = n > 1`, a batch of at least 5,000 rows a
+//! connection is shared among up to `n` connections, each loading its share in its own
+//! transaction; the positions are written in the first connection's transaction, which
+//! commits only after every other share has. If one share fails, the others may have
+//! committed: the retry upserts them again to the same values (idempotent), and the
+//! positions never claim a batch that is not wholly in.
 
 use std::sync::Arc;
 
@@ -49,6 +53,8 @@ pub struct PostgresSink {
     pipeline: String,
     config: DatabaseSinkConfig,
     client: Option<Client>,
+    /// More connections, used to load large batches in parallel (`pool_size - 1`).
+    extra: Vec<Option<Client>>,
     /// Table column names, in row order: window_start, window_end, key, aggregates.
     columns: Vec<String>,
     kinds: Vec<ColumnKind>,
@@ -113,6 +119,65 @@ fn error(context: &str, e: &postgres::Error) -> SinkError {
     }
 }
 
+/// A batch is shared among connections only if each gets at least this many rows.
+const MIN_ROWS_PER_CONNECTION: usize = 5_000;
+
+/// Loads rows `range` (counted across `batch`) into the table in `tx`: binary COPY into
+/// the staging table, then the upsert.
+fn load(
+    tx: &mut postgres::Transaction<'_>,
+    copy: &str,
+    upsert: &str,
+    types: &[Type],
+    batch: &[Arc<WindowRows>],
+    range: std::ops::Range<usize>,
+) -> Result<(), postgres::Error> {
+    {
+        let writer = tx.copy_in(copy)?;
+        let mut writer = BinaryCopyInWriter::new(writer, types);
+        let mut ints: Vec<i64> = Vec::new();
+        let mut reals: Vec<f64> = Vec::new();
+        let mut index = 0usize;
+        for rows in batch {
+            let (lo, hi) = (index, index + rows.len());
+            index = hi;
+            if hi <= range.start || lo >= range.end {
+                continue;
+            }
+            let kinds = rows.schema().columns();
+            for i in range.start.max(lo) - lo..range.end.min(hi) - lo {
+                ints.clear();
+                reals.clear();
+                for (c, (_, kind)) in kinds.iter().enumerate() {
+                    match kind {
+                        ColumnKind::Integer => ints.push(rows.value(i, c) as i64),
+                        ColumnKind::Real => reals.push(rows.value(i, c)),
+                    }
+                }
+                let (start, end, key) = (rows.window_start(i), rows.window_end(i), rows.key(i));
+                let mut values: Vec<&(dyn ToSql + Sync)> = vec![&start, &end, &key];
+                let (mut ii, mut ri) = (0, 0);
+                for (_, kind) in kinds {
+                    match kind {
+                        ColumnKind::Integer => {
+                            values.push(&ints[ii]);
+                            ii += 1;
+                        }
+                        ColumnKind::Real => {
+                            values.push(&reals[ri]);
+                            ri += 1;
+                        }
+                    }
+                }
+                writer.write(&values)?;
+            }
+        }
+        writer.finish()?;
+    }
+    tx.execute(upsert, &[])?;
+    Ok(())
+}
+
 impl PostgresSink {
     /// A sink of pipeline `pipeline` configured by `config` (nothing is connected until
     /// [`Sink::open`]).
@@ -121,6 +186,7 @@ impl PostgresSink {
             pipeline: pipeline.to_owned(),
             config: config.clone(),
             client: None,
+            extra: Vec::new(),
             columns: Vec::new(),
             kinds: Vec::new(),
             upsert: String::new(),
@@ -347,47 +413,43 @@ impl Sink for PostgresSink {
         );
         let (pipeline, table) = (self.pipeline.clone(), self.config.table.clone());
         self.client()?;
-        let result = (|| -> Result<(), postgres::Error> {
-            let client = self.client.as_mut().expect("connected by the caller");
-            let mut tx = client.transaction()?;
-            {
-                let writer = tx.copy_in(copy.as_str())?;
-                let mut writer = BinaryCopyInWriter::new(writer, &types);
-                let mut ints: Vec<i64> = Vec::new();
-                let mut reals: Vec<f64> = Vec::new();
-                for rows in batch {
-                    let kinds = rows.schema().columns();
-                    for i in 0..rows.len() {
-                        ints.clear();
-                        reals.clear();
-                        for (c, (_, kind)) in kinds.iter().enumerate() {
-                            match kind {
-                                ColumnKind::Integer => ints.push(rows.value(i, c) as i64),
-                                ColumnKind::Real => reals.push(rows.value(i, c)),
-                            }
-                        }
-                        let (start, end, key) =
-                            (rows.window_start(i), rows.window_end(i), rows.key(i));
-                        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&start, &end, &key];
-                        let (mut ii, mut ri) = (0, 0);
-                        for (_, kind) in kinds {
-                            match kind {
-                                ColumnKind::Integer => {
-                                    values.push(&ints[ii]);
-                                    ii += 1;
-                                }
-                                ColumnKind::Real => {
-                                    values.push(&reals[ri]);
-                                    ri += 1;
-                                }
-                            }
-                        }
-                        writer.write(&values)?;
-                    }
-                }
-                writer.finish()?;
+        let total: usize = batch.iter().map(|b| b.len()).sum();
+        // Helpers: more connections for a large batch, each loading a share.
+        let helpers = (self.config.pool_size.max(1) - 1).min(total / MIN_ROWS_PER_CONNECTION);
+        while self.extra.len() < helpers {
+            self.extra.push(None);
+        }
+        for i in 0..helpers {
+            if self.extra[i].as_ref().is_none_or(Client::is_closed) {
+                self.extra[i] = Some(self.connect()?);
             }
-            tx.execute(upsert.as_str(), &[])?;
+        }
+        let shares = helpers + 1;
+        let share = |k: usize| (total * k / shares)..(total * (k + 1) / shares);
+        let (main, extra) = (&mut self.client, &mut self.extra);
+        let result = std::thread::scope(|scope| -> Result<(), postgres::Error> {
+            let handles: Vec<_> = extra
+                .iter_mut()
+                .take(helpers)
+                .enumerate()
+                .map(|(k, c)| {
+                    let client = c.as_mut().expect("connected above");
+                    let (copy, upsert, types) = (&copy, &upsert, &types);
+                    let range = share(k + 1);
+                    scope.spawn(move || {
+                        let mut tx = client.transaction()?;
+                        load(&mut tx, copy, upsert, types, batch, range)?;
+                        tx.commit()
+                    })
+                })
+                .collect();
+            let client = main.as_mut().expect("connected by the caller");
+            let mut tx = client.transaction()?;
+            load(&mut tx, &copy, &upsert, &types, batch, share(0))?;
+            // The helpers' shares are committed before the positions claim them.
+            for h in handles {
+                h.join().expect("a Postgres loader panicked")?;
+            }
             for p in positions {
                 let (partition, through) = (p.partition as i32, p.through as i64);
                 tx.execute(
@@ -396,12 +458,13 @@ impl Sink for PostgresSink {
                 )?;
             }
             tx.commit()
-        })();
+        });
         result.map_err(|e| {
             let e = error(&where_, &e);
             if e.retryable {
-                // Reconnect on the next attempt: the session may be gone.
+                // Reconnect on the next attempt: the sessions may be gone.
                 self.client = None;
+                self.extra.clear();
             }
             e
         })
