@@ -231,17 +231,17 @@ fn redacted(url: &str) -> String {
 
 /// The fields of a `/proc/PID/stat` line the benchmark reads (times in clock ticks).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ProcStat {
+pub(crate) struct ProcStat {
     pid: u32,
-    comm: String,
+    pub(crate) comm: String,
     ppid: u32,
     /// Fields 14 and 15: user and system time of the process (all its threads).
-    utime: u64,
-    stime: u64,
+    pub(crate) utime: u64,
+    pub(crate) stime: u64,
     /// Fields 16 and 17: user and system time of its children that exited and were
     /// waited for.
-    cutime: u64,
-    cstime: u64,
+    pub(crate) cutime: u64,
+    pub(crate) cstime: u64,
 }
 
 /// Parses one `/proc/PID/stat` line. The command name (field 2) is in parentheses and
@@ -279,7 +279,7 @@ fn server_ticks(stats: &[ProcStat], postmaster: u32) -> Option<u64> {
     Some(main.utime + main.stime + main.cutime + main.cstime + children)
 }
 
-fn read_stat(pid: u32) -> Option<ProcStat> {
+pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -306,13 +306,13 @@ fn server_cpu(postmaster: u32, ticks_per_s: f64) -> Option<f64> {
 }
 
 /// Seconds of CPU this process has used so far.
-fn own_cpu(ticks_per_s: f64) -> f64 {
+pub(crate) fn own_cpu(ticks_per_s: f64) -> f64 {
     read_stat(std::process::id()).map_or(0.0, |s| (s.utime + s.stime) as f64 / ticks_per_s)
 }
 
 /// Clock ticks per second of the times in `/proc` (`getconf CLK_TCK`; Linux reports
 /// them in `USER_HZ`, 100, when the command is missing).
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -385,7 +385,7 @@ fn find_server(args: &Args, client: &mut Client) -> anyhow::Result<(ServerSource
 // ---------------------------------------------------------------------------------------
 // The rows and the methods.
 
-fn schema() -> Arc<RowSchema> {
+pub(crate) fn schema() -> Arc<RowSchema> {
     Arc::new(RowSchema::new(
         &[
             AggregateSpec::count(),
@@ -410,7 +410,12 @@ fn row(i: u64, keys: u64) -> (i64, i64, String, f64, f64) {
 }
 
 /// The rows in chunks of `chunk` rows (the last may be shorter).
-fn chunks(rows: u64, keys: u64, chunk: usize, schema: &Arc<RowSchema>) -> Vec<Arc<WindowRows>> {
+pub(crate) fn chunks(
+    rows: u64,
+    keys: u64,
+    chunk: usize,
+    schema: &Arc<RowSchema>,
+) -> Vec<Arc<WindowRows>> {
     let mut out = Vec::new();
     let mut current = WindowRows::new(schema.clone());
     for i in 0..rows {
@@ -471,10 +476,10 @@ fn insert_sql(table: &str, rows: usize) -> String {
 }
 
 /// The row values (a) and (b) bind, borrowed from the data.
-type Values<'a> = (i64, i64, &'a str, i64, f64);
+pub(crate) type Values<'a> = (i64, i64, &'a str, i64, f64);
 
 /// Every row of `data`, in order.
-fn values(data: &[Arc<WindowRows>]) -> impl Iterator<Item = Values<'_>> {
+pub(crate) fn values(data: &[Arc<WindowRows>]) -> impl Iterator<Item = Values<'_>> {
     data.iter().flat_map(|rows| {
         (0..rows.len()).map(move |i| {
             (
@@ -643,12 +648,12 @@ impl Bench<'_> {
     }
 }
 
-fn gcd(a: usize, b: usize) -> usize {
+pub(crate) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The median (the mean of the middle two of an even count); `NaN` for none.
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -663,12 +668,12 @@ fn median(values: &[f64]) -> f64 {
 
 /// One line of the table: a method's medians.
 #[derive(Debug, Clone)]
-struct Line {
-    label: String,
-    rows: u64,
-    secs: f64,
-    server_cpu: Option<f64>,
-    client_cpu: f64,
+pub(crate) struct Line {
+    pub(crate) label: String,
+    pub(crate) rows: u64,
+    pub(crate) secs: f64,
+    pub(crate) server_cpu: Option<f64>,
+    pub(crate) client_cpu: f64,
 }
 
 impl Line {
@@ -682,7 +687,7 @@ impl Line {
 }
 
 /// The table, the first line being the reference the `x (a)` columns divide by.
-fn render(lines: &[Line]) -> String {
+pub(crate) fn render(lines: &[Line]) -> String {
     let mut out = format!(
         "  {:<44} {:>10} {:>10} {:>10} {:>7} {:>12} {:>12} {:>9} {:>12}\n",
         "",

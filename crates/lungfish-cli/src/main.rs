@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod bench_clickhouse;
 mod bench_log;
 mod bench_postgres;
 mod dlq;
@@ -39,7 +40,7 @@ enum Command {
     },
     /// Write generated JSON-lines events to standard output or a file.
     Generate(generate::Args),
-    /// Benchmarks: the pipeline against parse-only speed (default), `bench log`, `bench postgres`.
+    /// Benchmarks: the pipeline against parse-only speed (default), `bench log`, `bench postgres`, `bench clickhouse`.
     Bench(BenchCommand),
     /// Look at the dead-letter queue of a pipeline.
     #[command(subcommand)]
@@ -51,7 +52,7 @@ enum Command {
     Load(load::Args),
 }
 
-/// `lungfish bench [log | postgres]`.
+/// `lungfish bench [log | postgres | clickhouse]`.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 struct BenchCommand {
@@ -67,6 +68,9 @@ enum BenchWhat {
     Log(bench_log::Args),
     /// One million rows into Postgres: one INSERT per row, multi-row INSERTs, and the COPY sink, side by side, with the server's CPU time.
     Postgres(bench_postgres::Args),
+    /// One million rows into ClickHouse: one INSERT per row, multi-row INSERTs, and the sink, side by side, with the server's CPU time.
+    #[command(name = "clickhouse")]
+    ClickHouse(bench_clickhouse::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Bench(b) => match b.what {
             Some(BenchWhat::Log(args)) => bench_log::bench_log(args),
             Some(BenchWhat::Postgres(args)) => bench_postgres::bench_postgres(args),
+            Some(BenchWhat::ClickHouse(args)) => bench_clickhouse::bench_clickhouse(args),
             None => bench::bench(b.pipeline),
         },
         Command::Dlq(cmd) => dlq::dlq(cmd),
