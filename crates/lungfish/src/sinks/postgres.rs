@@ -119,6 +119,34 @@ fn error(context: &str, e: &postgres::Error) -> SinkError {
     }
 }
 
+/// A value of a row, typed as its column.
+#[derive(Debug)]
+enum Cell<'a> {
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Cell::Int(v) => v.to_sql(ty, out),
+            Cell::Real(v) => v.to_sql(ty, out),
+            Cell::Text(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <f64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty)
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
 /// A batch is shared among connections only if each gets at least this many rows.
 const MIN_ROWS_PER_CONNECTION: usize = 5_000;
 
@@ -135,8 +163,7 @@ fn load(
     {
         let writer = tx.copy_in(copy)?;
         let mut writer = BinaryCopyInWriter::new(writer, types);
-        let mut ints: Vec<i64> = Vec::new();
-        let mut reals: Vec<f64> = Vec::new();
+        let mut cells: Vec<Cell> = Vec::new();
         let mut index = 0usize;
         for rows in batch {
             let (lo, hi) = (index, index + rows.len());
@@ -146,30 +173,20 @@ fn load(
             }
             let kinds = rows.schema().columns();
             for i in range.start.max(lo) - lo..range.end.min(hi) - lo {
-                ints.clear();
-                reals.clear();
-                for (c, (_, kind)) in kinds.iter().enumerate() {
+                cells.clear();
+                cells.extend([
+                    Cell::Int(rows.window_start(i)),
+                    Cell::Int(rows.window_end(i)),
+                    Cell::Text(rows.key(i)),
+                ]);
+                cells.extend(kinds.iter().enumerate().map(|(c, (_, kind))| {
+                    let v = rows.value(i, c);
                     match kind {
-                        ColumnKind::Integer => ints.push(rows.value(i, c) as i64),
-                        ColumnKind::Real => reals.push(rows.value(i, c)),
+                        ColumnKind::Integer => Cell::Int(v as i64),
+                        ColumnKind::Real => Cell::Real(v),
                     }
-                }
-                let (start, end, key) = (rows.window_start(i), rows.window_end(i), rows.key(i));
-                let mut values: Vec<&(dyn ToSql + Sync)> = vec![&start, &end, &key];
-                let (mut ii, mut ri) = (0, 0);
-                for (_, kind) in kinds {
-                    match kind {
-                        ColumnKind::Integer => {
-                            values.push(&ints[ii]);
-                            ii += 1;
-                        }
-                        ColumnKind::Real => {
-                            values.push(&reals[ri]);
-                            ri += 1;
-                        }
-                    }
-                }
-                writer.write(&values)?;
+                }));
+                writer.write_raw(cells.iter())?;
             }
         }
         writer.finish()?;
@@ -230,7 +247,7 @@ impl PostgresSink {
             self.columns
                 .iter()
                 .zip(&self.kinds_with_keys())
-                .map(|(c, t)| format!("{} {t}", quote(c)))
+                .map(|(c, (t, _))| format!("{} {t}", quote(c)))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -240,12 +257,16 @@ impl PostgresSink {
         Ok(client)
     }
 
-    /// SQL types of the columns, window_start first.
-    fn kinds_with_keys(&self) -> Vec<&'static str> {
-        let mut out = vec!["BIGINT", "BIGINT", "TEXT"];
+    /// SQL types of the columns, window_start first: as written in DDL, and for COPY.
+    fn kinds_with_keys(&self) -> Vec<(&'static str, Type)> {
+        let mut out = vec![
+            ("BIGINT", Type::INT8),
+            ("BIGINT", Type::INT8),
+            ("TEXT", Type::TEXT),
+        ];
         out.extend(self.kinds.iter().map(|k| match k {
-            ColumnKind::Integer => "BIGINT",
-            ColumnKind::Real => "DOUBLE PRECISION",
+            ColumnKind::Integer => ("BIGINT", Type::INT8),
+            ColumnKind::Real => ("DOUBLE PRECISION", Type::FLOAT8),
         }));
         out
     }
@@ -329,7 +350,7 @@ impl Sink for PostgresSink {
             .columns
             .iter()
             .zip(&types)
-            .map(|(c, t)| format!("{} {t} NOT NULL", quote(c)))
+            .map(|(c, (t, _))| format!("{} {t} NOT NULL", quote(c)))
             .collect::<Vec<_>>()
             .join(", ");
         let (ws, key) = (cols[0].clone(), cols[2].clone());
@@ -397,15 +418,7 @@ impl Sink for PostgresSink {
             return Ok(());
         }
         let where_ = self.where_();
-        let types: Vec<Type> = self
-            .kinds_with_keys()
-            .iter()
-            .map(|t| match *t {
-                "TEXT" => Type::TEXT,
-                "DOUBLE PRECISION" => Type::FLOAT8,
-                _ => Type::INT8,
-            })
-            .collect();
+        let types: Vec<Type> = self.kinds_with_keys().into_iter().map(|(_, t)| t).collect();
         let (copy, upsert, positions_sql) = (
             self.copy.clone(),
             self.upsert.clone(),

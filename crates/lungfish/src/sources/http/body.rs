@@ -99,8 +99,9 @@ pub(crate) fn decode(
 pub(crate) struct Split {
     /// One line per event (a bad one may be an empty line), `\n`-separated.
     pub lines: Vec<u8>,
-    /// Events that cannot be read, with why.
-    pub bad: Vec<(u64, String)>,
+    /// Events that cannot be read: index, why, and their bytes (cut to
+    /// [`MAX_KEPT_PAYLOAD`](crate::ingest::MAX_KEPT_PAYLOAD)).
+    pub bad: Vec<(u64, String, Vec<u8>)>,
     /// Number of events (lines, counting the empty ones of bad events).
     pub events: u64,
 }
@@ -202,11 +203,7 @@ fn split_json(body: &[u8]) -> Result<Split, BodyError> {
                     )));
                 }
                 if raw_break {
-                    split.bad.push((
-                        split.events,
-                        "invalid JSON: a raw line break inside a string (write it as \\n)"
-                            .to_owned(),
-                    ));
+                    split.bad.push(raw_break_event(split.events, value));
                     split.lines.push(b'\n');
                 } else {
                     push_line(&mut split.lines, value);
@@ -221,10 +218,7 @@ fn split_json(body: &[u8]) -> Result<Split, BodyError> {
         Some(_) => {
             let value = body[start..].trim_ascii();
             if raw_break_in_string(value) {
-                split.bad.push((
-                    0,
-                    "invalid JSON: a raw line break inside a string (write it as \\n)".to_owned(),
-                ));
+                split.bad.push(raw_break_event(0, value));
                 split.lines.push(b'\n');
             } else {
                 push_line(&mut split.lines, value);
@@ -233,6 +227,15 @@ fn split_json(body: &[u8]) -> Result<Split, BodyError> {
             Ok(split)
         }
     }
+}
+
+/// Event `index`, `value`, refused for a raw line break inside a string.
+fn raw_break_event(index: u64, value: &[u8]) -> (u64, String, Vec<u8>) {
+    (
+        index,
+        "invalid JSON: a raw line break inside a string (write it as \\n)".to_owned(),
+        value[..value.len().min(crate::ingest::MAX_KEPT_PAYLOAD)].to_vec(),
+    )
 }
 
 /// True if a raw line break sits inside a string of `value`.
@@ -325,6 +328,7 @@ mod tests {
         assert_eq!(s.events, 2);
         assert_eq!(s.bad.len(), 1);
         assert_eq!(s.bad[0].0, 0);
+        assert_eq!(s.bad[0].2, b"{\"a\":\"x\ny\"}", "the dead letter keeps the event");
         assert_eq!(lines(&s)[1], "{\"a\":2}");
         let s = split(b"[]".to_vec(), BodyFormat::Json).unwrap();
         assert_eq!(s.events, 0);

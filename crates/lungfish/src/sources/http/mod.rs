@@ -616,7 +616,7 @@ async fn events(shared: &Shared, ip: IpAddr, req: Request<Incoming>) -> Response
     }
     let raw = match body::read(incoming, cfg.max_body_size, declared, deadline).await {
         Ok(raw) => raw,
-        Err(e) => return body_error(e, cfg.max_body_size),
+        Err(e) => return body_error(e),
     };
     shared.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
     if raw.len() as u64 > declared.unwrap_or(64 * 1024)
@@ -740,7 +740,7 @@ fn busy(shared: &Shared) -> Response<Body> {
     )
 }
 
-fn body_error(e: BodyError, limit: u64) -> Response<Body> {
+fn body_error(e: BodyError) -> Response<Body> {
     match e {
         BodyError::TooLarge { limit, decoded } => too_large(limit, 0, decoded),
         BodyError::Timeout => {
@@ -759,20 +759,17 @@ fn body_error(e: BodyError, limit: u64) -> Response<Body> {
             format!("reading the body failed: {message}"),
         ),
         BodyError::Corrupt(message) => error(StatusCode::BAD_REQUEST, "bad_encoding", message),
-        BodyError::Malformed(message) => {
-            let _ = limit;
-            error(StatusCode::BAD_REQUEST, "malformed_body", message)
-        }
+        BodyError::Malformed(message) => error(StatusCode::BAD_REQUEST, "malformed_body", message),
     }
 }
 
 /// What parsing a request produced.
 struct Parsed {
-    split_bad: Vec<(u64, String)>,
+    split_bad: Vec<(u64, String, Vec<u8>)>,
     events: u64,
     out: Ingested,
-    /// The body as lines (kept for the payloads of rejected events).
-    lines: Vec<u8>,
+    /// Bytes of the body as lines (what its parse held in memory).
+    bytes: u64,
 }
 
 fn parse(
@@ -793,18 +790,14 @@ fn parse(
         first_line: 0,
     };
     let mut out = Ingested::default();
-    let skip = vec![0; ingestor_partitions(ingestor)];
+    let skip = vec![0; ingestor.partitions() as usize];
     ingestor.ingest(&chunk, &skip, 0, &mut out);
     Ok(Parsed {
         split_bad: bad,
         events,
         out,
-        lines: chunk.data,
+        bytes: chunk.data.len() as u64,
     })
-}
-
-fn ingestor_partitions(ingestor: &Ingestor) -> usize {
-    ingestor.partitions() as usize
 }
 
 /// Parses, checks, appends and waits for durability. Returns the answer and whether
@@ -848,12 +841,9 @@ async fn take(
     };
     let mut parsed = match parsed {
         Ok(p) => p,
-        Err(e) => return (body_error(e, limit), false),
+        Err(e) => return (body_error(e), false),
     };
-    if !reserved
-        .more(shared, 2 * parsed.lines.len() as u64, deadline)
-        .await
-    {
+    if !reserved.more(shared, 2 * parsed.bytes, deadline).await {
         return (busy(shared), false);
     }
     let accepted = parsed.out.accepted;
@@ -861,7 +851,7 @@ async fn take(
     let mut rejected: Vec<(u64, String, &'static str, Vec<u8>)> = parsed
         .split_bad
         .drain(..)
-        .map(|(i, reason)| (i, reason, "invalid_json", Vec::new()))
+        .map(|(i, reason, payload)| (i, reason, "invalid_json", payload))
         .chain(
             parsed
                 .out
@@ -921,11 +911,7 @@ async fn take(
                     kind: (*kind).to_owned(),
                     reason: reason.clone(),
                     location: format!("http {client} request {request_no} event:{i}"),
-                    payload: if payload.is_empty() {
-                        line_of(&parsed.lines, *i)
-                    } else {
-                        payload.clone()
-                    },
+                    payload: payload.clone(),
                     time_ms,
                     attempts: 1,
                 }
@@ -1007,12 +993,6 @@ async fn take(
         ),
         true,
     )
-}
-
-/// The `i`th line of `lines` (cut to the kept payload size).
-fn line_of(lines: &[u8], i: u64) -> Vec<u8> {
-    let line = lines.split(|&b| b == b'\n').nth(i as usize).unwrap_or(b"");
-    line[..line.len().min(crate::ingest::MAX_KEPT_PAYLOAD)].to_vec()
 }
 
 /// Appends a request's batches, all or none (when the log is full).
