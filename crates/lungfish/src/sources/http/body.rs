@@ -328,7 +328,10 @@ mod tests {
         assert_eq!(s.events, 2);
         assert_eq!(s.bad.len(), 1);
         assert_eq!(s.bad[0].0, 0);
-        assert_eq!(s.bad[0].2, b"{\"a\":\"x\ny\"}", "the dead letter keeps the event");
+        assert_eq!(
+            s.bad[0].2, b"{\"a\":\"x\ny\"}",
+            "the dead letter keeps the event"
+        );
         assert_eq!(lines(&s)[1], "{\"a\":2}");
         let s = split(b"[]".to_vec(), BodyFormat::Json).unwrap();
         assert_eq!(s.events, 0);
