@@ -44,6 +44,7 @@ use crate::codec::json::JsonExtractor;
 use crate::control::Control;
 use crate::dlq::{DeadLetter, DeadLetters, now_ms};
 use crate::event::{EventRef, key_hash, shard_for};
+use crate::operator::{EventSlot, OperatorBatch, OperatorChain, Verdict};
 use crate::shard::{ShardBatch, ShardMsg, send_patiently};
 use crate::window::Windowing;
 
@@ -190,6 +191,9 @@ pub struct ConsumerSettings {
     pub paths: usize,
     /// How often to publish the commit state.
     pub commit_interval: Duration,
+    /// The numbers events carry after the operators (the extractor's first, then those
+    /// operators add); equal to the extractor's when there are no operators.
+    pub number_fields: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -230,6 +234,8 @@ pub struct Consumer {
     /// is committed only once every dead letter before it is durable.
     last_dead_letters: Option<DurableTicket>,
     numbers: Vec<f64>,
+    /// The partition's operators; `None` when the pipeline has none.
+    chain: Option<OperatorChain>,
     processed_since_flush: u64,
     last_marker: Option<(u64, i64)>,
     checkpoint_seq: u64,
@@ -262,6 +268,7 @@ impl Consumer {
         shards: Vec<Sender<ShardMsg>>,
         control: Arc<Control>,
         committer: Arc<Committer>,
+        chain: Option<OperatorChain>,
     ) -> Result<Self, LogError> {
         let committed = log.committed(&settings.name)?;
         let (start, restored) = match &committed[partition as usize] {
@@ -309,6 +316,7 @@ impl Consumer {
             late: Vec::new(),
             last_dead_letters: None,
             numbers,
+            chain: chain.filter(|c| !c.is_empty()),
             processed_since_flush: 0,
             last_marker: None,
             checkpoint_seq: 0,
@@ -367,12 +375,12 @@ impl Consumer {
                 reader.wait(wait.min(Duration::from_millis(50)));
                 continue;
             }
-            for (offset, record) in chunk.records() {
-                self.process(offset, record);
-                if self.pending + self.late.len() >= self.settings.batch_max_events
-                    || self.batch_bytes >= MAX_BATCH_BYTES
-                {
-                    self.flush(false);
+            if self.chain.is_some() {
+                self.process_with_operators(&chunk);
+            } else {
+                for (offset, record) in chunk.records() {
+                    self.process(offset, record);
+                    self.flush_if_full();
                 }
             }
             if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
@@ -401,15 +409,113 @@ impl Consumer {
     }
 
     #[inline]
+    fn flush_if_full(&mut self) {
+        if self.pending + self.late.len() >= self.settings.batch_max_events
+            || self.batch_bytes >= MAX_BATCH_BYTES
+        {
+            self.flush(false);
+        }
+    }
+
+    #[inline]
     fn process(&mut self, offset: u64, record: &[u8]) {
         self.through = offset + 1;
         self.processed_since_flush += 1;
+        match self.decode(offset, record) {
+            Ok((key, ts, raw)) => {
+                let numbers = std::mem::take(&mut self.numbers);
+                self.route(offset, &key, ts, &numbers, raw);
+                self.numbers = numbers;
+            }
+            Err((kind, reason, payload)) => self.dead_letter(kind, reason, offset, payload),
+        }
+    }
+
+    /// A chunk through the operators: decode every record into one batch, run the
+    /// chain over it, then route what is live and dead-letter what failed, in offset
+    /// order.
+    fn process_with_operators(&mut self, chunk: &lungfish_log::Chunk<'_>) {
+        enum Item<'a> {
+            Event(usize),
+            Bad(&'static str, String, &'a [u8]),
+        }
+        let fields = self.settings.number_fields.clone();
+        let mut batch = OperatorBatch::new(&fields);
+        let mut items: Vec<(u64, Item<'_>)> = Vec::new();
+        for (offset, record) in chunk.records() {
+            match self.decode(offset, record) {
+                Ok((key, ts, raw)) => {
+                    items.push((offset, Item::Event(batch.len())));
+                    batch.push(
+                        EventSlot {
+                            offset,
+                            key,
+                            ts,
+                            raw,
+                        },
+                        &self.numbers,
+                    );
+                }
+                Err((kind, reason, payload)) => {
+                    items.push((offset, Item::Bad(kind, reason, payload)))
+                }
+            }
+        }
+        let mut chain = self.chain.take().expect("called with operators");
+        chain.run(&mut batch);
+        for (offset, item) in items {
+            self.through = offset + 1;
+            self.processed_since_flush += 1;
+            match item {
+                Item::Bad(kind, reason, payload) => self.dead_letter(kind, reason, offset, payload),
+                Item::Event(i) => match batch.verdict(i) {
+                    Verdict::Live => {
+                        let e = batch.event(i);
+                        self.route(offset, &e.key, e.ts, batch.numbers(i), e.raw);
+                    }
+                    Verdict::Dropped => {}
+                    Verdict::Failed(f) => {
+                        if offset >= self.restored.processed_through.max(self.late_seq) {
+                            let raw = batch.event(i).raw;
+                            self.note_item(raw.len() + 256);
+                            let stage =
+                                format!("operator:{}", chain.operator_name(batch.failed_by(i)));
+                            self.late.push((
+                                offset,
+                                DeadLetter {
+                                    stage,
+                                    kind: f.kind.to_string(),
+                                    reason: f.reason.clone(),
+                                    location: format!(
+                                        "log partition {} offset {offset}",
+                                        self.partition
+                                    ),
+                                    payload: raw.to_vec(),
+                                    time_ms: now_ms(),
+                                    attempts: batch.attempts(i).max(1),
+                                },
+                            ));
+                        }
+                    }
+                },
+            }
+            self.flush_if_full();
+        }
+        self.chain = Some(chain);
+    }
+
+    /// Decodes a record into key, event time and original JSON, with its numbers in
+    /// `self.numbers`; or says why it cannot go on (kind, reason, payload).
+    #[allow(clippy::type_complexity)]
+    #[inline]
+    fn decode<'r>(
+        &mut self,
+        _offset: u64,
+        record: &'r [u8],
+    ) -> Result<(std::borrow::Cow<'r, [u8]>, i64, &'r [u8]), (&'static str, String, &'r [u8])> {
         let event = match EventRef::decode(record) {
             Ok(e) => e,
-            Err(e) => {
-                self.dead_letter("undecodable", e.to_string(), offset, record);
-                return;
-            }
+            Err(e) => return Err(("undecodable", e.to_string(), record)),
         };
         let n = self.numbers.len();
         let (key, ts): (std::borrow::Cow<'_, [u8]>, i64) =
@@ -426,19 +532,20 @@ impl Consumer {
                     .extract(event.raw, &mut self.numbers)
                 {
                     Ok(x) => (std::borrow::Cow::Owned(x.key.as_bytes().to_vec()), x.ts),
-                    Err(r) => {
-                        let reason = r.to_string();
-                        self.dead_letter(r.kind(), reason, offset, event.raw);
-                        return;
-                    }
+                    Err(r) => return Err((r.kind(), r.to_string(), event.raw)),
                 }
             };
         if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts) {
             let reason =
                 format!("event time {ts} is outside the supported range of ±{MAX_EVENT_TIME} ms");
-            self.dead_letter("out_of_range", reason, offset, event.raw);
-            return;
+            return Err(("out_of_range", reason, event.raw));
         }
+        Ok((key, ts, event.raw))
+    }
+
+    /// Routes a decoded event: late to the dead-letter queue, else to its key's shard.
+    #[inline]
+    fn route(&mut self, offset: u64, key: &[u8], ts: i64, numbers: &[f64], raw: &[u8]) {
         let w = self.settings.windowing;
         let watermark = self
             .max_ts
@@ -463,7 +570,7 @@ impl Consumer {
                         w.last_start(ts)
                     )
                 };
-                self.note_item(event.raw.len() + 256);
+                self.note_item(raw.len() + 256);
                 self.late.push((
                     offset,
                     DeadLetter {
@@ -471,17 +578,17 @@ impl Consumer {
                         kind: "late".into(),
                         reason,
                         location: format!("log partition {} offset {offset}", self.partition),
-                        payload: event.raw.to_vec(),
+                        payload: raw.to_vec(),
                         time_ms: now_ms(),
                         attempts: 1,
                     },
                 ));
             }
         } else {
-            let hash = key_hash(&key);
+            let hash = key_hash(key);
             let shard = shard_for(hash, self.batches.len());
-            self.note_item(key.len() + 40 + 8 * n);
-            self.batches[shard].push(hash, ts, closed, &key, self.numbers.iter().copied());
+            self.note_item(key.len() + 40 + 8 * numbers.len());
+            self.batches[shard].push(hash, ts, closed, key, numbers.iter().copied());
             self.pending += 1;
             let max_ts_before = self.max_ts;
             let (open, last_noted) = (&mut self.open, &mut self.last_noted);

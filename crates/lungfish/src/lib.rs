@@ -34,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod limiter;
+pub mod operator;
 pub mod pipeline;
 mod prefetch;
 pub mod retry;

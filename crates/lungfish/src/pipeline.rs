@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use lungfish_log::{Log, LogConfig, OffsetCommit};
 
-use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
 use crate::control::Control;
 use crate::data_dir::DataDir;
 use crate::dlq::DeadLetters;
 use crate::error::Error;
 use crate::ingest::{IngestPool, Ingestor};
+use crate::operator::filter::Filter;
+use crate::operator::{ChainSettings, Operator, OperatorChain};
+use crate::retry::RetryBudget;
 use crate::shard::{Shard, ShardMsg, SinkMsg};
 use crate::sinks::file::FileSink;
 use crate::sinks::sqlite::SqliteSink;
@@ -107,7 +110,11 @@ impl Summary {
 pub struct Pipeline {
     config: PipelineConfig,
     extra_sinks: Vec<(String, Box<dyn Sink>, DriverSettings)>,
+    extra_operators: Vec<OperatorFactory>,
 }
+
+/// Makes a partition's instance of an operator (called once per log partition).
+pub type OperatorFactory = Arc<dyn Fn(u32) -> Box<dyn Operator> + Send + Sync>;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,7 +139,19 @@ impl Pipeline {
         Ok(Pipeline {
             config,
             extra_sinks: Vec::new(),
+            extra_operators: Vec::new(),
         })
+    }
+
+    /// Adds an operator written in Rust, after those of the configuration. `factory`
+    /// makes one instance per log partition (each runs on its partition's consumer
+    /// thread); it sees the numbers of [`PipelineConfig::number_fields`].
+    pub fn with_operator(
+        mut self,
+        factory: impl Fn(u32) -> Box<dyn Operator> + Send + Sync + 'static,
+    ) -> Self {
+        self.extra_operators.push(Arc::new(factory));
+        self
     }
 
     /// Adds a sink written in Rust, next to those of the configuration.
@@ -282,8 +301,19 @@ impl Pipeline {
             log.commit(&cfg.name, &unregistered)?;
         }
         let committer = Arc::new(Committer::new(log.clone(), &cfg.name));
+        let mut operator_factories = build_operators(&cfg, &number_fields)?;
+        operator_factories.extend(self.extra_operators.iter().cloned());
+        let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
+        let number_fields: Arc<[String]> = number_fields.into();
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {
+            let chain = (!operator_factories.is_empty()).then(|| {
+                OperatorChain::new(
+                    operator_factories.iter().map(|f| f(part)).collect(),
+                    ChainSettings::default(),
+                    retry_budget.clone(),
+                )
+            });
             let settings = ConsumerSettings {
                 name: cfg.name.clone(),
                 out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis())
@@ -296,6 +326,7 @@ impl Pipeline {
                 extractor: ingestor.extractor().clone(),
                 paths,
                 commit_interval: COMMIT_INTERVAL,
+                number_fields: number_fields.clone(),
             };
             let consumer = Consumer::new(
                 part,
@@ -305,6 +336,7 @@ impl Pipeline {
                 shard_txs.clone(),
                 control.clone(),
                 committer.clone(),
+                chain,
             )?;
             consumer_threads.push(spawn(&format!("lungfish-consume-{part}"), move || {
                 consumer.run()
@@ -529,4 +561,28 @@ impl From<SinkError> for Error {
             error,
         }
     }
+}
+
+/// The factories of the configured operators, in file order.
+fn build_operators(
+    cfg: &PipelineConfig,
+    number_fields: &[String],
+) -> Result<Vec<OperatorFactory>, Error> {
+    let mut out: Vec<OperatorFactory> = Vec::new();
+    for op in &cfg.operators {
+        match &op.config {
+            OperatorConfig::Filter(f) => {
+                let filter = Filter::new(&op.name, f.condition.clone(), f.otherwise, number_fields)
+                    .map_err(Error::Failed)?;
+                out.push(Arc::new(move |_| Box::new(filter.clone())));
+            }
+            OperatorConfig::Enrich(_) => {
+                return Err(Error::Failed(format!(
+                    "operator {}: enrichment is not available in this build",
+                    op.name
+                )));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -38,6 +38,9 @@ pub struct PipelineConfig {
     pub log: LogSettings,
     /// Parsing, watermarks, micro-batches, windows and aggregates.
     pub pipeline: ProcessingConfig,
+    /// Operators run on every event between the log and the windows, in file order
+    /// (`[operators.NAME]`; none by default).
+    pub operators: Vec<NamedOperator>,
     /// The sinks, in file order (at least one).
     pub sinks: Vec<NamedSink>,
     /// The metrics endpoint, if enabled.
@@ -54,6 +57,7 @@ impl Default for PipelineConfig {
             sources: Vec::new(),
             log: LogSettings::default(),
             pipeline: ProcessingConfig::default(),
+            operators: Vec::new(),
             sinks: Vec::new(),
             metrics: None,
         }
@@ -111,14 +115,153 @@ impl PipelineConfig {
             key: self.pipeline.key.clone(),
             time: self.pipeline.time.clone(),
             id: Some(self.pipeline.id.clone()),
-            numbers: self.number_fields(),
+            numbers: self.ingest_number_fields(),
         }
     }
 
-    /// The distinct numeric fields the aggregates read, in first-use order (e.g.
-    /// `["value"]`); see [`ProcessingConfig::number_fields`].
+    /// The numbers every event carries after the operators, in order: those extracted
+    /// from the JSON at ingest ([`ingest_number_fields`](Self::ingest_number_fields)),
+    /// then those operators provide (an enrichment's fields and flag).
     pub fn number_fields(&self) -> Vec<String> {
-        self.pipeline.number_fields()
+        let mut fields = self.ingest_number_fields();
+        for field in self.provided_fields() {
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+        fields
+    }
+
+    /// The numeric fields read from every event's JSON: those the aggregates and the
+    /// filters use, less those an operator provides, in first-use order (e.g. `["value"]`).
+    pub fn ingest_number_fields(&self) -> Vec<String> {
+        let provided = self.provided_fields();
+        let mut fields: Vec<String> = Vec::new();
+        let used = self
+            .operators
+            .iter()
+            .filter_map(|o| match &o.config {
+                OperatorConfig::Filter(f) => Some(f.condition.field.clone()),
+                OperatorConfig::Enrich(_) => None,
+            })
+            .chain(self.pipeline.number_fields());
+        for field in used {
+            if !fields.contains(&field) && !provided.contains(&field) {
+                fields.push(field);
+            }
+        }
+        fields
+    }
+
+    /// Fields operators add to events, in operator order.
+    fn provided_fields(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for o in &self.operators {
+            if let OperatorConfig::Enrich(e) = &o.config {
+                out.extend(e.fields.iter().cloned());
+                out.extend(e.flag.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// An operator and the name it has in the file (`[operators.NAME]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedOperator {
+    /// The operator's name (dead letters say `operator:NAME`).
+    pub name: String,
+    /// What it does.
+    pub config: OperatorConfig,
+}
+
+/// An operator, by `type`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum OperatorConfig {
+    /// `type = "filter"`: keeps events whose number satisfies a comparison.
+    Filter(FilterConfig),
+    /// `type = "enrich"`: adds numbers fetched from an HTTP service by event key.
+    Enrich(EnrichConfig),
+}
+
+impl OperatorConfig {
+    /// The `type` names, in the order error messages list them.
+    pub const TYPES: [&'static str; 2] = ["filter", "enrich"];
+}
+
+/// A filter (`type = "filter"`); see [`crate::operator::filter`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterConfig {
+    /// `condition = "value < 1000"`.
+    pub condition: crate::operator::filter::Condition,
+    /// `otherwise = "drop"` (default) or `"dead_letter"`.
+    pub otherwise: crate::operator::filter::Otherwise,
+}
+
+/// How an enrichment asks its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnrichMethod {
+    /// `GET URL?key=KEY`, one call per key.
+    #[default]
+    Get,
+    /// `POST URL` with `{"keys": [...]}`, up to `batch_keys` keys per call.
+    Post,
+}
+
+/// What an enrichment does with an event when its service cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnavailable {
+    /// The event goes on with the fields missing (NaN; NULL in SQL sinks) and the flag 0.
+    #[default]
+    Pass,
+    /// The event goes to the dead-letter queue, to be replayed after the service heals.
+    DeadLetter,
+}
+
+/// An enrichment (`type = "enrich"`); see `crate::operator::enrich`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrichConfig {
+    /// The service, `http://host:port/path`.
+    pub url: String,
+    /// `method = "get"` (default) or `"post"`.
+    pub method: EnrichMethod,
+    /// Numeric fields taken from the answer and added to the event (at least one).
+    pub fields: Vec<String>,
+    /// A field set to 1 on events enriched and 0 on those passed without (optional).
+    pub flag: Option<String>,
+    /// Keys per POST (default 100).
+    pub batch_keys: usize,
+    /// Per call, connect to last byte (default 1s).
+    pub timeout: Duration,
+    /// Cached answers at most (default 100,000).
+    pub cache_size: u64,
+    /// How long an answer is cached (default 60s).
+    pub cache_ttl: Duration,
+    /// Calls in flight at most; the adaptive limit moves between 1 and this (default 32).
+    pub max_concurrency: usize,
+    /// A call slower than this counts as slow for the circuit breaker (default 500ms).
+    pub slow_call: Duration,
+    /// `on_unavailable = "pass"` (default) or `"dead_letter"`.
+    pub on_unavailable: OnUnavailable,
+}
+
+impl EnrichConfig {
+    /// An enrichment of `fields` from `url` with the defaults.
+    pub fn new(url: &str, fields: &[&str]) -> Self {
+        EnrichConfig {
+            url: url.to_owned(),
+            method: EnrichMethod::Get,
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            flag: None,
+            batch_keys: 100,
+            timeout: Duration::from_secs(1),
+            cache_size: 100_000,
+            cache_ttl: Duration::from_secs(60),
+            max_concurrency: 32,
+            slow_call: Duration::from_millis(500),
+            on_unavailable: OnUnavailable::Pass,
+        }
     }
 }
 

@@ -21,15 +21,38 @@ use super::suggest::closest;
 use super::units::{parse_duration, parse_size};
 use super::validate::{self, Issue};
 use super::{
-    AggregateSpec, BodyFormat, ContentEncoding, DatabaseSinkConfig, FileSinkConfig,
-    FileSourceConfig, FsyncPolicy, GeneratorConfig, HttpSourceConfig, KeyDistribution, LogSettings,
-    MetricsConfig, NamedSink, NamedSource, PipelineConfig, ProcessingConfig, Rate, SinkConfig,
+    AggregateSpec, BodyFormat, ContentEncoding, DatabaseSinkConfig, EnrichConfig, EnrichMethod,
+    FileSinkConfig, FileSourceConfig, FilterConfig, FsyncPolicy, GeneratorConfig, HttpSourceConfig,
+    KeyDistribution, LogSettings, MetricsConfig, NamedOperator, NamedSink, NamedSource,
+    OnUnavailable, OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig,
     SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
 const TOP_KEYS: &[&str] = &[
-    "name", "data_dir", "sources", "log", "pipeline", "sinks", "metrics",
+    "name",
+    "data_dir",
+    "sources",
+    "log",
+    "pipeline",
+    "operators",
+    "sinks",
+    "metrics",
+];
+const FILTER_KEYS: &[&str] = &["type", "condition", "otherwise"];
+const ENRICH_KEYS: &[&str] = &[
+    "type",
+    "url",
+    "method",
+    "fields",
+    "flag",
+    "batch_keys",
+    "timeout",
+    "cache_size",
+    "cache_ttl",
+    "max_concurrency",
+    "slow_call",
+    "on_unavailable",
 ];
 const GENERATOR_KEYS: &[&str] = &[
     "type",
@@ -468,6 +491,10 @@ impl Reader {
                 ProcessingConfig::default()
             }
         };
+        let operators = match self.entry(&t, "operators").and_then(|e| self.table(e)) {
+            Some(operators) => self.operators(&operators),
+            None => Vec::new(),
+        };
         let sinks = match self.entry(&t, "sinks").and_then(|e| self.table(e)) {
             Some(sinks) => self.sinks(&sinks),
             None => Vec::new(),
@@ -482,9 +509,119 @@ impl Reader {
             sources,
             log,
             pipeline,
+            operators,
             sinks,
             metrics,
         }
+    }
+
+    fn operators(&mut self, t: &Tbl<'_>) -> Vec<NamedOperator> {
+        let mut operators = Vec::new();
+        for (name, _) in t.table.iter() {
+            let Some(op) = self.entry(t, name).and_then(|e| self.table(e)) else {
+                continue;
+            };
+            let config = match self.type_of(&op, "operator", &OperatorConfig::TYPES) {
+                Some("filter") => self.filter(&op).map(OperatorConfig::Filter),
+                Some("enrich") => self.enrich(&op).map(OperatorConfig::Enrich),
+                _ => None,
+            };
+            if let Some(config) = config {
+                operators.push(NamedOperator {
+                    name: name.to_owned(),
+                    config,
+                });
+            }
+        }
+        operators
+    }
+
+    fn filter(&mut self, t: &Tbl<'_>) -> Option<FilterConfig> {
+        use crate::operator::filter::{Condition, Otherwise};
+        self.unknown_keys(t, FILTER_KEYS);
+        let entry = self.required(t, "condition", "condition = \"value < 1000\"")?;
+        let condition = self.convert(entry, |item| Condition::parse(&as_string(item)?))?;
+        let otherwise = self
+            .value(t, "otherwise", |item| {
+                one_of(
+                    item,
+                    &[
+                        ("drop", Otherwise::Drop),
+                        ("dead_letter", Otherwise::DeadLetter),
+                    ],
+                )
+            })
+            .unwrap_or_default();
+        Some(FilterConfig {
+            condition,
+            otherwise,
+        })
+    }
+
+    fn enrich(&mut self, t: &Tbl<'_>) -> Option<EnrichConfig> {
+        self.unknown_keys(t, ENRICH_KEYS);
+        let url = self.required(t, "url", "url = \"http://127.0.0.1:8080/lookup\"");
+        let url = url.and_then(|e| {
+            self.convert(e, |item| {
+                let url = as_string(item)?;
+                if url.starts_with("http://") {
+                    Ok(url)
+                } else {
+                    Err(format!(
+                        "{url:?} is not an http:// URL (https is not supported yet)"
+                    ))
+                }
+            })
+        });
+        let fields = match self.required(t, "fields", "fields = [\"weight\"]") {
+            Some(entry) => match self.array(&entry, "[\"weight\"]") {
+                Some(array) => self
+                    .strings(&entry, array)
+                    .into_iter()
+                    .map(|(_, _, f)| f)
+                    .collect(),
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let url = url?;
+        let d = EnrichConfig::new(&url, &[]);
+        Some(EnrichConfig {
+            url,
+            method: self
+                .value(t, "method", |item| {
+                    one_of(
+                        item,
+                        &[("get", EnrichMethod::Get), ("post", EnrichMethod::Post)],
+                    )
+                })
+                .unwrap_or(d.method),
+            fields,
+            flag: self.value(t, "flag", as_string),
+            batch_keys: self.value(t, "batch_keys", as_uint).unwrap_or(d.batch_keys),
+            timeout: self.value(t, "timeout", as_duration).unwrap_or(d.timeout),
+            cache_size: self.value(t, "cache_size", as_uint).unwrap_or(d.cache_size),
+            cache_ttl: self
+                .value(t, "cache_ttl", as_duration)
+                .unwrap_or(d.cache_ttl),
+            max_concurrency: self
+                .value(t, "max_concurrency", as_uint)
+                .unwrap_or(d.max_concurrency),
+            slow_call: self
+                .value(t, "slow_call", as_duration)
+                .unwrap_or(d.slow_call),
+            on_unavailable: self
+                .value(t, "on_unavailable", |item| {
+                    one_of(
+                        item,
+                        &[
+                            ("pass", OnUnavailable::Pass),
+                            ("dead_letter", OnUnavailable::DeadLetter),
+                        ],
+                    )
+                })
+                .unwrap_or(d.on_unavailable),
+        })
     }
 
     fn sources(&mut self, t: &Tbl<'_>) -> Vec<NamedSource> {

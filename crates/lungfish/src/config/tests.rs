@@ -1524,3 +1524,114 @@ url = "http://127.0.0.1:8123"
     assert_eq!(e.field, "sinks.pg.url");
     assert!(e.message.contains("url_env"), "{e}");
 }
+
+// ----- operators -----
+
+#[test]
+fn operators_parse_in_file_order_and_set_the_number_fields() {
+    let text = minimal_with(
+        r#"
+[operators.lookup]
+type = "enrich"
+url = "http://127.0.0.1:8080/lookup"
+method = "post"
+fields = ["weight"]
+flag = "enriched"
+timeout = "250ms"
+cache_size = 1000
+cache_ttl = "5m"
+max_concurrency = 8
+on_unavailable = "dead_letter"
+
+[operators.sane]
+type = "filter"
+condition = "weight >= 0.5"
+otherwise = "dead_letter"
+"#,
+    );
+    let config = parse(&text).unwrap();
+    let names: Vec<&str> = config.operators.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["lookup", "sane"]);
+    let OperatorConfig::Enrich(e) = &config.operators[0].config else {
+        panic!("{:?}", config.operators[0]);
+    };
+    assert_eq!(e.method, EnrichMethod::Post);
+    assert_eq!(e.timeout, Duration::from_millis(250));
+    assert_eq!(e.on_unavailable, OnUnavailable::DeadLetter);
+    assert_eq!((e.cache_size, e.max_concurrency), (1000, 8));
+    let OperatorConfig::Filter(f) = &config.operators[1].config else {
+        panic!("{:?}", config.operators[1]);
+    };
+    assert_eq!(f.condition.to_string(), "weight >= 0.5");
+    assert_eq!(f.otherwise, crate::operator::filter::Otherwise::DeadLetter);
+    // The filter reads `weight` from the enrichment, not from the JSON.
+    assert!(!config.ingest_number_fields().contains(&"weight".to_owned()));
+    let all = config.number_fields();
+    assert!(
+        all.ends_with(&["weight".to_owned(), "enriched".to_owned()]),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn operator_mistakes_are_located() {
+    let text = minimal_with(
+        r#"
+[operators.sane]
+type = "filter"
+condition = "value ~ 3"
+"#,
+    );
+    let error = single(&text);
+    assert_error(
+        &text,
+        &error,
+        "\"value ~ 3\"",
+        "operators.sane.condition",
+        "no comparison",
+    );
+
+    let text = minimal_with(
+        r#"
+[operators.sane]
+type = "filter"
+condition = "weight > 1"
+
+[operators.lookup]
+type = "enrich"
+url = "http://127.0.0.1:1/x"
+fields = ["weight"]
+"#,
+    );
+    let error = single(&text);
+    assert!(
+        error.message.contains("put the enrichment first"),
+        "{error}"
+    );
+
+    let text = minimal_with(
+        r#"
+[operators.lookup]
+type = "enrich"
+url = "https://example.com/x"
+fields = ["weight"]
+"#,
+    );
+    let error = single(&text);
+    assert_error(
+        &text,
+        &error,
+        "\"https://",
+        "operators.lookup.url",
+        "not an http:// URL",
+    );
+
+    let text = minimal_with(
+        r#"
+[operators.x]
+type = "enrichh"
+"#,
+    );
+    let error = single(&text);
+    assert!(error.message.contains("did you mean `enrich`"), "{error}");
+}

@@ -7,8 +7,8 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, PipelineConfig,
-    ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
+    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, OperatorConfig,
+    PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
 };
 
 /// One problem. `fields[0]` is the field the problem is reported at; the others are the
@@ -111,6 +111,7 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
 
     check_log(&mut out, &config.log);
     check_processing(&mut out, &config.pipeline, &config.log);
+    check_operators(&mut out, config);
 
     if config.sinks.is_empty() {
         out.add(
@@ -241,6 +242,68 @@ fn check_http(out: &mut Issues, path: &str, http: &HttpSourceConfig) {
         );
     }
     out.positive(field("retry_after"), http.retry_after);
+}
+
+fn check_operators(out: &mut Issues, config: &PipelineConfig) {
+    let p = &config.pipeline;
+    // Fields read from the JSON by earlier operators, and fields added by them.
+    let mut read: Vec<(String, String)> = Vec::new();
+    let mut provided: Vec<(String, String)> = Vec::new();
+    for op in &config.operators {
+        let path = join("operators", &op.name);
+        match &op.config {
+            OperatorConfig::Filter(f) => {
+                let field = &f.condition.field;
+                if !provided.iter().any(|(name, _)| name == field) {
+                    read.push((field.clone(), join(&path, "condition")));
+                }
+            }
+            OperatorConfig::Enrich(e) => {
+                if e.fields.is_empty() {
+                    out.add(join(&path, "fields"), "must name at least one field");
+                }
+                let added = e.fields.iter().chain(e.flag.iter());
+                for (i, field) in added.enumerate() {
+                    let at = if i < e.fields.len() {
+                        index(&join(&path, "fields"), i)
+                    } else {
+                        join(&path, "flag")
+                    };
+                    if [&p.key, &p.time, &p.id].contains(&field) {
+                        out.add(
+                            at,
+                            format!("`{field}` is the pipeline's key, time or id field"),
+                        );
+                    } else if let Some((_, other)) = read.iter().find(|(name, _)| name == field) {
+                        out.related(
+                            vec![at, other.clone()],
+                            format!("`{field}` is read by {other} before this operator adds it: put the enrichment first"),
+                        );
+                    } else if let Some((_, other)) = provided.iter().find(|(name, _)| name == field)
+                    {
+                        out.related(
+                            vec![at, other.clone()],
+                            format!("`{field}` is also added by {other}"),
+                        );
+                    } else {
+                        provided.push((field.clone(), at));
+                    }
+                }
+                if e.batch_keys == 0 {
+                    out.add(join(&path, "batch_keys"), "must be at least 1");
+                }
+                if !(1..=1024).contains(&e.max_concurrency) {
+                    out.add(join(&path, "max_concurrency"), "must be between 1 and 1024");
+                }
+                if e.cache_size == 0 {
+                    out.add(join(&path, "cache_size"), "must be at least 1 (the cache keeps hot keys flowing when the service is down)");
+                }
+                out.positive(join(&path, "timeout"), e.timeout);
+                out.positive(join(&path, "cache_ttl"), e.cache_ttl);
+                out.positive(join(&path, "slow_call"), e.slow_call);
+            }
+        }
+    }
 }
 
 fn check_generator(out: &mut Issues, path: &str, generator: &GeneratorConfig) {
