@@ -95,7 +95,7 @@ fn open(target: &Path) -> anyhow::Result<Opened> {
     Ok(Opened { log, _lock: lock })
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
     let (y, m, d) = civil_from_days(days);
     format!(

@@ -42,7 +42,7 @@ enum Command {
     Generate(generate::Args),
     /// Benchmarks: the pipeline against parse-only speed (default), `bench log`, `bench postgres`, `bench clickhouse`.
     Bench(BenchCommand),
-    /// Look at the dead-letter queue of a pipeline.
+    /// List, show, purge and replay the dead-letter queue of a pipeline (while it is stopped).
     #[command(subcommand)]
     Dlq(dlq::Command),
     /// Inspect, repair or rewind a pipeline's log.

@@ -42,7 +42,7 @@ use lungfish_log::{DurableTicket, Log, LogError, OffsetCommit, PartitionReader};
 use crate::checkpoint::{Checkpoint, PartitionProgress};
 use crate::codec::json::JsonExtractor;
 use crate::control::Control;
-use crate::dlq::{DeadLetter, DeadLetters, now_ms};
+use crate::dlq::{DeadLetter, DeadLetters};
 use crate::event::{EventRef, key_hash, shard_for};
 use crate::operator::{EventSlot, OperatorBatch, OperatorChain, Verdict};
 use crate::shard::{ShardBatch, ShardMsg, send_patiently};
@@ -482,18 +482,16 @@ impl Consumer {
                                 format!("operator:{}", chain.operator_name(batch.failed_by(i)));
                             self.late.push((
                                 offset,
-                                DeadLetter {
+                                DeadLetter::new(
                                     stage,
-                                    kind: f.kind.to_string(),
-                                    reason: f.reason.clone(),
-                                    location: format!(
-                                        "log partition {} offset {offset}",
-                                        self.partition
-                                    ),
-                                    payload: raw.to_vec(),
-                                    time_ms: now_ms(),
-                                    attempts: batch.attempts(i).max(1),
-                                },
+                                    f.kind.to_string(),
+                                    f.reason.clone(),
+                                    format!("log partition {} offset {offset}", self.partition),
+                                    raw.to_vec(),
+                                )
+                                .from_log(self.partition, offset)
+                                .with_attempts(batch.attempts(i))
+                                .first_failed_at(batch.first_failure_ms(i)),
                             ));
                         }
                     }
@@ -573,15 +571,14 @@ impl Consumer {
                 self.note_item(raw.len() + 256);
                 self.late.push((
                     offset,
-                    DeadLetter {
-                        stage: "window".into(),
-                        kind: "late".into(),
+                    DeadLetter::new(
+                        "window",
+                        "late",
                         reason,
-                        location: format!("log partition {} offset {offset}", self.partition),
-                        payload: raw.to_vec(),
-                        time_ms: now_ms(),
-                        attempts: 1,
-                    },
+                        format!("log partition {} offset {offset}", self.partition),
+                        raw.to_vec(),
+                    )
+                    .from_log(self.partition, offset),
                 ));
             }
         } else {
@@ -616,15 +613,14 @@ impl Consumer {
         self.note_item(payload.len() + 256);
         self.late.push((
             offset,
-            DeadLetter {
-                stage: "consumer".into(),
-                kind: kind.to_owned(),
+            DeadLetter::new(
+                "consumer",
+                kind,
                 reason,
-                location: format!("log partition {} offset {offset}", self.partition),
-                payload: payload.to_vec(),
-                time_ms: now_ms(),
-                attempts: 1,
-            },
+                format!("log partition {} offset {offset}", self.partition),
+                payload.to_vec(),
+            )
+            .from_log(self.partition, offset),
         ));
     }
 

@@ -30,6 +30,9 @@ pub mod consumer;
 pub mod control;
 pub mod data_dir;
 pub mod dlq;
+pub mod dlq_replay;
+#[cfg(feature = "enrich")]
+pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ingest;

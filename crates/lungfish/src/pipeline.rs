@@ -34,6 +34,7 @@ use crate::shard::{Shard, ShardMsg, SinkMsg};
 use crate::sinks::file::FileSink;
 use crate::sinks::sqlite::SqliteSink;
 use crate::sinks::stdout::StdoutSink;
+use crate::sinks::write_behind::{WriteBehind, WriteBehindSettings};
 use crate::sinks::{DriverSettings, Sink, SinkDriver, SinkError};
 use crate::sources::file::{FileSource, pinned_files};
 use crate::sources::generator::GeneratorSource;
@@ -239,6 +240,22 @@ impl Pipeline {
                         )),
                     });
                 }
+            };
+            let sink: Box<dyn Sink> = match s.config.write_behind() {
+                Some(max_bytes) => {
+                    let spool = cfg.data_dir.join("spool").join(&s.name);
+                    // Rows the store refuses are dead-lettered beside the spool.
+                    let refused = DeadLetters::open(spool.join("dlq"), fsync)?;
+                    let settings = WriteBehindSettings {
+                        max_bytes,
+                        retry: settings,
+                        ..WriteBehindSettings::default()
+                    };
+                    Box::new(
+                        WriteBehind::new(&s.name, sink, spool, settings).with_dead_letters(refused),
+                    )
+                }
+                None => sink,
             };
             sinks.push((s.name.clone(), sink, settings));
         }
@@ -576,9 +593,24 @@ fn build_operators(
                     .map_err(Error::Failed)?;
                 out.push(Arc::new(move |_| Box::new(filter.clone())));
             }
+            #[cfg(feature = "enrich")]
+            OperatorConfig::Enrich(e) => {
+                use crate::operator::enrich::{Enrich, client};
+                let client = client(&op.name, e).map_err(|err| Error::Failed(err.to_string()))?;
+                // Checked once here, so the factory cannot fail.
+                Enrich::new(&op.name, client.clone(), e, number_fields).map_err(Error::Failed)?;
+                let (name, e, fields) = (op.name.clone(), e.clone(), number_fields.to_vec());
+                out.push(Arc::new(move |_| {
+                    Box::new(
+                        Enrich::new(&name, client.clone(), &e, &fields)
+                            .expect("checked when the pipeline was built"),
+                    )
+                }));
+            }
+            #[cfg(not(feature = "enrich"))]
             OperatorConfig::Enrich(_) => {
                 return Err(Error::Failed(format!(
-                    "operator {}: enrichment is not available in this build",
+                    "operator {}: this build has no enrichment (cargo feature `enrich`)",
                     op.name
                 )));
             }

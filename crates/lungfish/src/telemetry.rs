@@ -27,6 +27,16 @@
 //! | `lungfish_http_connections_refused_total` | counter | `source` | connections over `max_connections` |
 //! | `lungfish_http_idempotency_evicted_total` | counter | | idempotency answers forgotten before their horizon (over `idempotency_max_keys`) |
 //! | `lungfish_concurrency_limit` | gauge | | the adaptive concurrency limit, where one is used |
+//! | `lungfish_enrich_cache_hits_total` | counter | `operator` | distinct keys of an enrichment lookup answered from the cache |
+//! | `lungfish_enrich_cache_misses_total` | counter | `operator` | distinct keys of an enrichment lookup not in the cache |
+//! | `lungfish_enrich_calls_total` | counter | `operator`, `outcome` | calls to the enrichment service: `ok`, `failed`, `bad_answer`, `refused`, or `circuit_open` (not made) |
+//! | `lungfish_enrich_retries_total` | counter | `operator` | retries of failed enrichment calls (inside the retry budget) |
+//! | `lungfish_enrich_concurrency_limit` | gauge | `operator` | the enrichment client's adaptive concurrency limit |
+//! | `lungfish_enrich_breaker_state` | gauge | `operator` | the enrichment breaker: 0 closed, 1 half-open, 2 open |
+//! | `lungfish_operator_events_total` | counter | `operator`, `outcome` | events an operator worked on: `passed`, `dropped` (a filter), `failed` (dead-lettered) |
+//! | `lungfish_operator_retries_total` | counter | | events retried by the operator chains after a transient failure |
+//! | `lungfish_operator_panics_total` | counter | `operator` | operator calls that panicked (caught; the batch is bisected to the poison pill) |
+//! | `lungfish_operator_retry_budget_remaining` | gauge | | retries the operators' shared budget still allows |
 //!
 //! Stages: `source` (lines in, events appended out), `consumer` (records read in,
 //! events routed to shards out; the difference is late or skipped events), `window`

@@ -693,6 +693,15 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The write-behind spool size, if the sink is set up with one.
+    pub fn write_behind(&self) -> Option<u64> {
+        match self {
+            SinkConfig::Sqlite(c) => c.write_behind,
+            SinkConfig::Postgres(c) | SinkConfig::ClickHouse(c) => c.write_behind,
+            _ => None,
+        }
+    }
+
     /// The known sink types, as written in `type`.
     pub const TYPES: [&'static str; 5] = ["sqlite", "file", "stdout", "postgres", "clickhouse"];
 
@@ -734,6 +743,10 @@ pub struct DatabaseSinkConfig {
     pub statement_timeout: Duration,
     /// Use TLS to the server (Postgres: `sslmode=require` also asks for it).
     pub tls: bool,
+    /// Write-behind: rows wait in a durable spool of at most this many bytes
+    /// (`DATA_DIR/spool/NAME`) and a thread writes them to the store, so a stalled
+    /// store slows only this sink (see [`crate::sinks::write_behind`]). `None`: off.
+    pub write_behind: Option<u64>,
 }
 
 impl DatabaseSinkConfig {
@@ -751,6 +764,7 @@ impl DatabaseSinkConfig {
             pool_size: 1,
             statement_timeout: Duration::from_secs(30),
             tls: false,
+            write_behind: None,
         }
     }
 
@@ -794,6 +808,8 @@ pub struct SqliteSinkConfig {
     /// Longest time one batch write may take (waiting for a lock included); past it the
     /// write is interrupted, rolled back and retried like any transient failure (> 0).
     pub write_timeout: Duration,
+    /// Write-behind spool size, as [`DatabaseSinkConfig::write_behind`]. `None`: off.
+    pub write_behind: Option<u64>,
 }
 
 impl SqliteSinkConfig {
@@ -807,6 +823,7 @@ impl SqliteSinkConfig {
             batch_max_age: Duration::from_millis(100),
             synchronous: SqliteSync::Full,
             write_timeout: Duration::from_secs(30),
+            write_behind: None,
         }
     }
 }

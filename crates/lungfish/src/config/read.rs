@@ -121,6 +121,7 @@ const SQLITE_KEYS: &[&str] = &[
     "batch_max_age",
     "synchronous",
     "write_timeout",
+    "write_behind",
 ];
 const FILE_SINK_KEYS: &[&str] = &["type", "path", "batch_max_rows", "batch_max_age"];
 const STDOUT_KEYS: &[&str] = &["type"];
@@ -136,6 +137,7 @@ const DATABASE_SINK_KEYS: &[&str] = &[
     "pool_size",
     "statement_timeout",
     "tls",
+    "write_behind",
 ];
 const METRICS_KEYS: &[&str] = &["address"];
 
@@ -958,6 +960,7 @@ impl Reader {
                 .value(t, "statement_timeout", as_duration)
                 .unwrap_or(d.statement_timeout),
             tls: self.value(t, "tls", as_bool).unwrap_or(d.tls),
+            write_behind: self.value(t, "write_behind", as_size),
         }
     }
 
@@ -992,6 +995,7 @@ impl Reader {
             batch_max_age,
             synchronous,
             write_timeout,
+            write_behind: self.value(t, "write_behind", as_size),
         })
     }
 

@@ -231,6 +231,7 @@ fn full_example_parses_to_the_expected_structs() {
             batch_max_age: Duration::from_millis(100),
             synchronous: SqliteSync::Full,
             write_timeout: Duration::from_secs(30),
+            write_behind: None,
         })
     );
     assert_eq!(
@@ -1511,6 +1512,7 @@ url = "http://127.0.0.1:8123"
             pool_size: 2,
             statement_timeout: Duration::from_secs(5),
             tls: false,
+            write_behind: None,
         }
     );
     assert_eq!(pg.column_name("key"), "user_id");
@@ -1634,4 +1636,20 @@ type = "enrichh"
     );
     let error = single(&text);
     assert!(error.message.contains("did you mean `enrich`"), "{error}");
+}
+
+#[test]
+fn write_behind_is_a_spool_size_on_store_sinks() {
+    let text = MINIMAL.replace(
+        "[sinks.out]\ntype = \"stdout\"",
+        "[sinks.out]\ntype = \"sqlite\"\npath = \"x.db\"\nwrite_behind = \"512MiB\"",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.sinks[0].config.write_behind(), Some(512 << 20));
+    let text = MINIMAL.replace(
+        "[sinks.out]\ntype = \"stdout\"",
+        "[sinks.out]\ntype = \"sqlite\"\npath = \"x.db\"\nwrite_behind = true",
+    );
+    let error = single(&text);
+    assert_eq!(error.field, "sinks.out.write_behind");
 }

@@ -23,6 +23,8 @@
 //! [`RetryBudget`]: crate::retry::RetryBudget
 
 pub mod chain;
+#[cfg(feature = "enrich")]
+pub mod enrich;
 pub mod filter;
 
 use std::borrow::Cow;

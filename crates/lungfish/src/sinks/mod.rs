@@ -29,6 +29,7 @@ pub mod file;
 pub mod postgres;
 pub mod sqlite;
 pub mod stdout;
+pub mod write_behind;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -536,20 +537,19 @@ impl SinkDriver {
             .map(|(i, e)| {
                 let mut payload = Vec::new();
                 write_json_row(&all, *i, &mut payload);
-                DeadLetter {
-                    stage: stage.clone(),
-                    kind: "rejected_row".to_owned(),
-                    reason: e.message.clone(),
-                    location: format!(
+                DeadLetter::new(
+                    stage.clone(),
+                    "rejected_row",
+                    e.message.clone(),
+                    format!(
                         "window {}..{} key {}",
                         all.window_start(*i),
                         all.window_end(*i),
                         all.key(*i)
                     ),
                     payload,
-                    time_ms,
-                    attempts: 1,
-                }
+                )
+                .failed_at(time_ms)
             })
             .collect();
         metrics::counter!("lungfish_events_rejected_total", "stage" => stage.clone(), "kind" => "rejected_row")

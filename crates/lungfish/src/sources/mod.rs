@@ -289,15 +289,8 @@ fn write_chunk(
             .map(|r| {
                 metrics::counter!("lungfish_events_rejected_total", "stage" => stage.to_owned(), "kind" => r.kind)
                     .increment(1);
-                                let entry = DeadLetter {
-                    stage: stage.to_owned(),
-                    kind: r.kind.to_owned(),
-                    reason: r.reason,
-                    location: r.location,
-                    payload: r.payload,
-                    time_ms,
-                    attempts: 1,
-                };
+                let entry = DeadLetter::new(stage, r.kind, r.reason, r.location, r.payload)
+                    .failed_at(time_ms);
                 (r.position, entry)
             })
             .collect();

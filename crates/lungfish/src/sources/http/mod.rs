@@ -906,15 +906,14 @@ async fn take(
             .map(|(i, reason, kind, payload)| {
                 metrics::counter!("lungfish_events_rejected_total", "stage" => shared.stage.clone(), "kind" => *kind)
                     .increment(1);
-                DeadLetter {
-                    stage: shared.stage.clone(),
-                    kind: (*kind).to_owned(),
-                    reason: reason.clone(),
-                    location: format!("http {client} request {request_no} event:{i}"),
-                    payload: payload.clone(),
-                    time_ms,
-                    attempts: 1,
-                }
+                DeadLetter::new(
+                    shared.stage.clone(),
+                    *kind,
+                    reason.clone(),
+                    format!("http {client} request {request_no} event:{i}"),
+                    payload.clone(),
+                )
+                .failed_at(time_ms)
             })
             .collect();
         match shared.ctx.dead_letters.append_all(&letters) {
