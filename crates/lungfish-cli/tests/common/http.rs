@@ -259,3 +259,101 @@ impl Drop for Server {
         }
     }
 }
+
+/// A keep-alive connection for tests that send many requests in a row (load): requests
+/// without `Connection: close`, each response read to the end of its `Content-Length`.
+/// Nothing is retried: after an I/O error the outcome of the request is unknown, so the
+/// error goes to the caller (and the connection is dropped).
+pub struct KeepAlive {
+    port: u16,
+    stream: Option<TcpStream>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// A client of the server on `port` (it connects on the first request).
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive {
+            port,
+            stream: None,
+            out: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// POSTs `body` to `/v1/events` as client `client` with `content_type`.
+    ///
+    /// # Errors
+    /// Connecting, sending or reading failed, or the connection closed before a whole
+    /// response.
+    pub fn post(&mut self, client: &str, content_type: &str, body: &[u8]) -> std::io::Result<Resp> {
+        let result = self.exchange(client, content_type, body);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self, client: &str, content_type: &str, body: &[u8]) -> std::io::Result<Resp> {
+        use std::io::{Error, ErrorKind};
+        if self.stream.is_none() {
+            let s = TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            self.stream = Some(s);
+        }
+        let s = self.stream.as_mut().expect("connected");
+        self.out.clear();
+        write!(
+            self.out,
+            "POST /v1/events HTTP/1.1\r\nhost: test\r\nx-client-id: {client}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )?;
+        self.out.extend_from_slice(body);
+        s.write_all(&self.out)?;
+        self.buf.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        let mut need: Option<usize> = None;
+        loop {
+            if need.is_none()
+                && let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n")
+            {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::InvalidData, format!("no content-length: {head}"))
+                    })?;
+                need = Some(end + 4 + length);
+            }
+            if need.is_some_and(|n| self.buf.len() >= n) {
+                break;
+            }
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!(
+                        "the connection closed after {} bytes of the response",
+                        self.buf.len()
+                    ),
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let resp = parse_response(&self.buf).ok_or_else(|| {
+            Error::new(ErrorKind::InvalidData, "an unreadable response".to_owned())
+        })?;
+        if resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.stream = None;
+        }
+        Ok(resp)
+    }
+}
