@@ -212,6 +212,36 @@ fn open(file: &Path, command: &str, fsync: FsyncPolicy) -> anyhow::Result<Open> 
     })))
 }
 
+/// [`open`] for a command taking filters: `Err` with the exit code when there is nothing
+/// to do (no queue: 0, or 2 if offsets were asked for) or the file or an offset is wrong
+/// (2), the message printed.
+fn open_filtered(
+    file: &Path,
+    command: &str,
+    fsync: FsyncPolicy,
+    filter: &Filter,
+) -> anyhow::Result<Result<Box<Opened>, ExitCode>> {
+    let o = match open(file, command, fsync)? {
+        Open::Opened(o) => o,
+        Open::Invalid => return Ok(Err(ExitCode::from(2))),
+        Open::NoQueue(dir) if filter.offsets.is_empty() => {
+            println!("no dead letters: {} does not exist", dir.display());
+            return Ok(Err(ExitCode::SUCCESS));
+        }
+        Open::NoQueue(dir) => {
+            return usage(format!(
+                "no entry at the offsets given: there are no dead letters ({} does not exist)",
+                dir.display()
+            ))
+            .map(Err);
+        }
+    };
+    if !offsets_known(&o.dlq, filter)? {
+        return Ok(Err(ExitCode::from(2)));
+    }
+    Ok(Ok(o))
+}
+
 /// Checks that every offset of the filter is an entry; prints an error if not.
 fn offsets_known(dlq: &DeadLetters, filter: &Filter) -> anyhow::Result<bool> {
     let missing = dlq.missing_entries(&filter.offsets)?;
@@ -265,23 +295,10 @@ fn list(file: &Path, filter: FilterArgs, all: bool, limit: usize) -> anyhow::Res
         Ok(f) => f,
         Err(e) => return usage(e),
     };
-    let o = match open(file, "list", FsyncPolicy::Never)? {
-        Open::Opened(o) => o,
-        Open::Invalid => return Ok(ExitCode::from(2)),
-        Open::NoQueue(dir) if filter.offsets.is_empty() => {
-            println!("no dead letters: {} does not exist", dir.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        Open::NoQueue(dir) => {
-            return usage(format!(
-                "no entry at the offsets given: there are no dead letters ({} does not exist)",
-                dir.display()
-            ));
-        }
+    let o = match open_filtered(file, "list", FsyncPolicy::Never, &filter)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
     };
-    if !offsets_known(&o.dlq, &filter)? {
-        return Ok(ExitCode::from(2));
-    }
     let (mut shown, mut matched, mut hidden) = (0usize, 0u64, 0u64);
     o.dlq.for_each_with_state(0, |offset, entry, state| {
         let Some(e) = entry else {
@@ -388,23 +405,10 @@ fn purge(file: &Path, filter: FilterArgs, yes: bool) -> anyhow::Result<ExitCode>
             "purge needs at least one filter (--stage, --kind, --reason-contains, --offset)",
         );
     }
-    let o = match open(file, "purge", FsyncPolicy::Always)? {
-        Open::Opened(o) => o,
-        Open::Invalid => return Ok(ExitCode::from(2)),
-        Open::NoQueue(dir) if filter.offsets.is_empty() => {
-            println!("no dead letters: {} does not exist", dir.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        Open::NoQueue(dir) => {
-            return usage(format!(
-                "no entry at the offsets given: there are no dead letters ({} does not exist)",
-                dir.display()
-            ));
-        }
+    let o = match open_filtered(file, "purge", FsyncPolicy::Always, &filter)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
     };
-    if !offsets_known(&o.dlq, &filter)? {
-        return Ok(ExitCode::from(2));
-    }
     let mut chosen = Vec::new();
     let mut skipped = Vec::new();
     let mut replaying = 0u64;
@@ -462,23 +466,10 @@ fn replay(file: &Path, filter: FilterArgs, dry_run: bool) -> anyhow::Result<Exit
         Ok(f) => f,
         Err(e) => return usage(e),
     };
-    let o = match open(file, "replay", FsyncPolicy::Always)? {
-        Open::Opened(o) => o,
-        Open::Invalid => return Ok(ExitCode::from(2)),
-        Open::NoQueue(dir) if filter.offsets.is_empty() => {
-            println!("no dead letters: {} does not exist", dir.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        Open::NoQueue(dir) => {
-            return usage(format!(
-                "no entry at the offsets given: there are no dead letters ({} does not exist)",
-                dir.display()
-            ));
-        }
+    let o = match open_filtered(file, "replay", FsyncPolicy::Always, &filter)? {
+        Ok(o) => o,
+        Err(code) => return Ok(code),
     };
-    if !offsets_known(&o.dlq, &filter)? {
-        return Ok(ExitCode::from(2));
-    }
     let crash = std::env::var_os(CRASH_AFTER_APPEND).is_some_and(|v| v == "1");
     let mut after_append = |replay_id: u64| {
         if crash {

@@ -421,7 +421,7 @@ impl Consumer {
     fn process(&mut self, offset: u64, record: &[u8]) {
         self.through = offset + 1;
         self.processed_since_flush += 1;
-        match self.decode(offset, record) {
+        match self.decode(record) {
             Ok((key, ts, raw)) => {
                 let numbers = std::mem::take(&mut self.numbers);
                 self.route(offset, &key, ts, &numbers, raw);
@@ -443,7 +443,7 @@ impl Consumer {
         let mut batch = OperatorBatch::new(&fields);
         let mut items: Vec<(u64, Item<'_>)> = Vec::new();
         for (offset, record) in chunk.records() {
-            match self.decode(offset, record) {
+            match self.decode(record) {
                 Ok((key, ts, raw)) => {
                     items.push((offset, Item::Event(batch.len())));
                     batch.push(
@@ -508,7 +508,6 @@ impl Consumer {
     #[inline]
     fn decode<'r>(
         &mut self,
-        _offset: u64,
         record: &'r [u8],
     ) -> Result<(std::borrow::Cow<'r, [u8]>, i64, &'r [u8]), (&'static str, String, &'r [u8])> {
         let event = match EventRef::decode(record) {

@@ -489,82 +489,103 @@ impl SinkDriver {
     /// Finds the rows of `batch` the store refuses by writing halves (the others are
     /// written), and sends those rows to the dead-letter queue, durably.
     fn isolate(&mut self, batch: &[Arc<WindowRows>], first: SinkError) -> Result<(), SinkError> {
-        let schema = batch[0].schema().clone();
-        let columns = schema.columns().len();
-        let mut all = WindowRows::new(schema.clone());
+        let dead_letters = self.dead_letters.clone().expect("checked by the caller");
+        let name = self.name.clone();
+        isolate_refused(&name, batch, first, &dead_letters, |part| {
+            self.write_retrying(part, &[])
+        })
+    }
+}
+
+/// Bisection of a batch the store refused because of some of its rows: writes halves
+/// with `write` until each refused row stands alone (every other row is written), then
+/// appends the refused rows to `dead_letters` (stage `sink:NAME`, kind `rejected_row`,
+/// the row as JSON) and waits until they are durable.
+///
+/// # Errors
+/// A write fails for another reason than refused rows (returned as is), or the
+/// dead-letter append fails (permanent: the rows must not be dropped silently).
+pub(crate) fn isolate_refused(
+    name: &str,
+    batch: &[Arc<WindowRows>],
+    first: SinkError,
+    dead_letters: &DeadLetters,
+    mut write: impl FnMut(&[Arc<WindowRows>]) -> Result<(), SinkError>,
+) -> Result<(), SinkError> {
+    let schema = batch[0].schema().clone();
+    let columns = schema.columns().len();
+    let mut all = WindowRows::new(schema.clone());
+    let mut values = vec![0.0; columns];
+    for b in batch {
+        for i in 0..b.len() {
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = b.value(i, c);
+            }
+            all.push(b.window_start(i), b.window_end(i), b.key(i), &values);
+        }
+    }
+    let slice = |lo: usize, hi: usize| {
+        let mut part = WindowRows::new(schema.clone());
         let mut values = vec![0.0; columns];
-        for b in batch {
-            for i in 0..b.len() {
-                for (c, v) in values.iter_mut().enumerate() {
-                    *v = b.value(i, c);
-                }
-                all.push(b.window_start(i), b.window_end(i), b.key(i), &values);
+        for i in lo..hi {
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = all.value(i, c);
+            }
+            part.push(all.window_start(i), all.window_end(i), all.key(i), &values);
+        }
+        part
+    };
+    // Ranges known to hold a refused row, with the store's reason.
+    let mut failing = vec![(0usize, all.len(), first)];
+    let mut refused: Vec<(usize, SinkError)> = Vec::new();
+    while let Some((lo, hi, e)) = failing.pop() {
+        if hi - lo <= 1 {
+            refused.push((lo, e));
+            continue;
+        }
+        let mid = lo + (hi - lo) / 2;
+        for (a, b) in [(lo, mid), (mid, hi)] {
+            match write(&[Arc::new(slice(a, b))]) {
+                Ok(()) => {}
+                Err(e) if e.rejects_rows() => failing.push((a, b, e)),
+                Err(e) => return Err(e),
             }
         }
-        let slice = |lo: usize, hi: usize| {
-            let mut part = WindowRows::new(schema.clone());
-            let mut values = vec![0.0; columns];
-            for i in lo..hi {
-                for (c, v) in values.iter_mut().enumerate() {
-                    *v = all.value(i, c);
-                }
-                part.push(all.window_start(i), all.window_end(i), all.key(i), &values);
-            }
-            part
-        };
-        // Ranges known to hold a refused row, with the store's reason.
-        let mut failing = vec![(0usize, all.len(), first)];
-        let mut refused: Vec<(usize, SinkError)> = Vec::new();
-        while let Some((lo, hi, e)) = failing.pop() {
-            if hi - lo <= 1 {
-                refused.push((lo, e));
-                continue;
-            }
-            let mid = lo + (hi - lo) / 2;
-            for (a, b) in [(lo, mid), (mid, hi)] {
-                match self.write_retrying(&[Arc::new(slice(a, b))], &[]) {
-                    Ok(()) => {}
-                    Err(e) if e.rejects_rows() => failing.push((a, b, e)),
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        refused.sort_by_key(|(i, _)| *i);
-        let stage = format!("sink:{}", self.name);
-        let time_ms = now_ms();
-        let letters: Vec<DeadLetter> = refused
-            .iter()
-            .map(|(i, e)| {
-                let mut payload = Vec::new();
-                write_json_row(&all, *i, &mut payload);
-                DeadLetter::new(
-                    stage.clone(),
-                    "rejected_row",
-                    e.message.clone(),
-                    format!(
-                        "window {}..{} key {}",
-                        all.window_start(*i),
-                        all.window_end(*i),
-                        all.key(*i)
-                    ),
-                    payload,
-                )
-                .failed_at(time_ms)
-            })
-            .collect();
-        metrics::counter!("lungfish_events_rejected_total", "stage" => stage.clone(), "kind" => "rejected_row")
-            .increment(letters.len() as u64);
-        tracing::warn!(sink = %self.name, rows = letters.len(), "rows refused by the store went to the dead-letter queue");
-        let dead_letters = self.dead_letters.as_ref().expect("checked by the caller");
-        let durable = dead_letters
-            .append_all(&letters)
-            .and_then(|t| t.map_or(Ok(()), |t| t.wait(Duration::from_secs(30))));
-        durable.map_err(|e| {
+    }
+    refused.sort_by_key(|(i, _)| *i);
+    let stage = format!("sink:{name}");
+    let time_ms = now_ms();
+    let letters: Vec<DeadLetter> = refused
+        .iter()
+        .map(|(i, e)| {
+            let mut payload = Vec::new();
+            write_json_row(&all, *i, &mut payload);
+            DeadLetter::new(
+                stage.clone(),
+                "rejected_row",
+                e.message.clone(),
+                format!(
+                    "window {}..{} key {}",
+                    all.window_start(*i),
+                    all.window_end(*i),
+                    all.key(*i)
+                ),
+                payload,
+            )
+            .failed_at(time_ms)
+        })
+        .collect();
+    metrics::counter!("lungfish_events_rejected_total", "stage" => stage, "kind" => "rejected_row")
+        .increment(letters.len() as u64);
+    tracing::warn!(sink = %name, rows = letters.len(), "rows refused by the store went to the dead-letter queue");
+    dead_letters
+        .append_all(&letters)
+        .and_then(|t| t.map_or(Ok(()), |t| t.wait(Duration::from_secs(30))))
+        .map_err(|e| {
             SinkError::permanent(format!(
                 "writing refused rows to the dead-letter queue failed: {e}"
             ))
         })
-    }
 }
 
 /// Folds `marker`'s position into `positions` (the furthest per partition).
