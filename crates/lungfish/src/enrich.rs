@@ -46,7 +46,8 @@
 //! `ok`, `failed`, `bad_answer`, `refused`, or `circuit_open` for a call not made),
 //! `lungfish_enrich_retries_total`, and the gauges `lungfish_enrich_concurrency_limit`
 //! and `lungfish_enrich_breaker_state` (0 closed, 1 half-open, 2 open). Reported once
-//! per [`lookup`](EnrichClient::lookup).
+//! per [`lookup`](EnrichClient::lookup). The limit itself also reports, per call, as
+//! `lungfish_concurrency_limit{component="enrich:NAME"}`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -316,7 +317,7 @@ impl EnrichClient {
             name: name.to_owned(),
             agent: ureq::Agent::new_with_config(agent_config),
             cache,
-            limit: AdaptiveLimit::new(settings.limit),
+            limit: AdaptiveLimit::new(settings.limit).named(format!("enrich:{name}")),
             permit_freed: (Mutex::new(()), Condvar::new()),
             breaker: CircuitBreaker::new(settings.breaker),
             budget: RetryBudget::new(settings.retry),

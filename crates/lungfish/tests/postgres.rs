@@ -383,3 +383,118 @@ fn a_large_batch_is_loaded_over_several_connections() {
     assert_eq!(sum, (0..30_000).map(f64::from).sum::<f64>());
     assert_eq!(sink.recorded_positions().unwrap(), vec![position]);
 }
+
+/// `n` rows of distinct keys in window `window`, `sum_value` of row `i` being `i`.
+fn distinct_rows(window: i64, n: usize) -> Arc<WindowRows> {
+    let mut rows = WindowRows::new(schema());
+    for i in 0..n {
+        rows.push(
+            window * 1000,
+            window * 1000 + 1000,
+            &format!("d{i}"),
+            &[1.0, i as f64],
+        );
+    }
+    Arc::new(rows)
+}
+
+#[test]
+fn the_connections_loading_a_batch_adapt_to_the_servers_latency() {
+    const ROWS: usize = 40_000; // four shares of 10,000 rows at pool_size = 4
+    const POOL: usize = 4;
+    let pg = Pg::start();
+    let mut config = DatabaseSinkConfig::new(pg.url());
+    config.pool_size = POOL;
+    let mut sink = PostgresSink::new("p", &config).named("pg");
+    sink.open(&schema()).unwrap();
+    assert_eq!(sink.concurrency_limit(), POOL, "starts at pool_size");
+    // Each batch: ROWS distinct rows in a window of its own, and its position.
+    fn write(sink: &mut PostgresSink, windows: &mut i64) -> Duration {
+        let batch = distinct_rows(*windows, ROWS);
+        let position = SinkPosition {
+            partition: 0,
+            through: *windows as u64 + 1,
+            watermark: *windows * 1000,
+        };
+        *windows += 1;
+        let started = std::time::Instant::now();
+        sink.write_at(&[batch], &[position]).unwrap();
+        started.elapsed()
+    }
+    // Healthy batches until the limit is at `POOL` (after at least `min` batches); the
+    // limits seen and the slowest batch. A noisy box may halve the limit now and then
+    // (a share twice as slow as usual): a healthy server brings it back.
+    fn healthy(sink: &mut PostgresSink, windows: &mut i64, min: usize) -> (Vec<usize>, Duration) {
+        let (mut limits, mut slowest) = (Vec::new(), Duration::ZERO);
+        while limits.len() < min || limits.last() != Some(&POOL) {
+            assert!(limits.len() < min + 15, "never back to {POOL}: {limits:?}");
+            slowest = slowest.max(write(sink, windows));
+            limits.push(sink.concurrency_limit());
+        }
+        (limits, slowest)
+    }
+    let mut windows = 0i64;
+
+    // Healthy, past the warm-up (the first two batches' shares): every connection loads.
+    let (limits, slowest) = healthy(&mut sink, &mut windows, 4);
+    eprintln!("healthy: {limits:?}, slowest batch {slowest:?}");
+
+    // Slow: another session holds the table for far longer than a healthy batch takes
+    // (10x the slowest, at least a second); every share waits for it, and each such
+    // batch halves the limit.
+    let hold = (slowest * 10).max(Duration::from_secs(1));
+    let mut limits = vec![sink.concurrency_limit()];
+    for _ in 0..2 {
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let mut locker = pg.client();
+        let holder = std::thread::spawn(move || {
+            locker
+                .batch_execute("BEGIN; LOCK TABLE windows IN ACCESS EXCLUSIVE MODE")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(hold);
+            locker.batch_execute("COMMIT").unwrap();
+        });
+        locked.recv().unwrap();
+        assert!(write(&mut sink, &mut windows) >= hold);
+        holder.join().unwrap();
+        limits.push(sink.concurrency_limit());
+    }
+    assert_eq!(limits, [4, 2, 1], "each slow batch halves the limit");
+
+    // Healed: it grows back to pool_size.
+    let (limits, _) = healthy(&mut sink, &mut windows, 1);
+    eprintln!("healed: {limits:?}");
+    assert!(limits.len() >= 3, "about one step a batch: {limits:?}");
+
+    // Every row once, none lost: each batch wrote ROWS distinct rows of its own window;
+    // the positions are the last batch's.
+    let batches = windows;
+    let mut client = pg.client();
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT (window_start, key)), sum(count)::bigint, sum(sum_value)
+             FROM windows",
+            &[],
+        )
+        .unwrap();
+    let expected = batches * ROWS as i64;
+    let expected_sum = batches as f64 * (0..ROWS).map(|i| i as f64).sum::<f64>();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, f64>(3)
+        ),
+        (expected, expected, expected, expected_sum)
+    );
+    assert_eq!(
+        sink.recorded_positions().unwrap(),
+        vec![SinkPosition {
+            partition: 0,
+            through: batches as u64,
+            watermark: (batches - 1) * 1000,
+        }]
+    );
+}

@@ -31,13 +31,30 @@
 //! not verified against a CA (verification is a next step).
 //!
 //! **Parallel loading.** With `pool_size = n > 1`, a batch of at least 5,000 rows a
-//! connection is shared among up to `n` connections, each loading its share in its own
+//! connection is shared among up to `k` connections, each loading its share in its own
 //! transaction; the positions are written in the first connection's transaction, which
 //! commits only after every other share has. If one share fails, the others may have
 //! committed: the retry upserts them again to the same values (idempotent), and the
 //! positions never claim a batch that is not wholly in.
+//!
+//! `k` is an [`AdaptiveLimit`] between 1 and `n`, starting at `n` (the configured pool
+//! is what the operator allows; the limit only learns to use less of it). Every batch
+//! of at least 10,000 rows (one that could be shared) feeds it, per share, the time
+//! that share took (COPY, upsert and commit; the first share's wait for the others is
+//! not counted) per 10,000 rows, so that batches and shares of any size compare, and
+//! whether the batch failed transiently (a lost connection, a statement timeout, a
+//! deadlock...: one failure per batch). AIMD: when a share takes more than twice the
+//! baseline (lock contention, a slow disk, a saturated server) or the batch fails, `k`
+//! halves, at most once per batch; while batches are fast and use at least half of
+//! `k`, it grows by about one per batch, back towards `n`. Smaller batches, refused
+//! rows and shares on a connection opened for the batch (cold caches) say nothing
+//! about the server's load and leave it alone; the first `2n` measured shares only
+//! learn the baseline. Connections above `k` stay open, idle. The limit is the gauge
+//! `lungfish_concurrency_limit{component}`, component `sink:NAME`
+//! ([`PostgresSink::named`]; `sink:TABLE` until named).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
@@ -45,6 +62,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
 
 use super::{Sink, SinkError, SinkPosition};
+use crate::concurrency::{AdaptiveLimit, CallOutcome, LimitSettings};
 use crate::config::DatabaseSinkConfig;
 use crate::window::{ColumnKind, RowSchema, WindowRows};
 
@@ -55,6 +73,8 @@ pub struct PostgresSink {
     client: Option<Client>,
     /// More connections, used to load large batches in parallel (`pool_size - 1`).
     extra: Vec<Option<Client>>,
+    /// How many connections load a batch: 1 to `pool_size`.
+    limit: AdaptiveLimit,
     /// Table column names, in row order: window_start, window_end, key, aggregates.
     columns: Vec<String>,
     kinds: Vec<ColumnKind>,
@@ -150,6 +170,26 @@ impl ToSql for Cell<'_> {
 /// A batch is shared among connections only if each gets at least this many rows.
 const MIN_ROWS_PER_CONNECTION: usize = 5_000;
 
+/// Share latencies are compared per this many rows.
+const LATENCY_ROWS: f64 = 10_000.0;
+
+/// How the number of connections loading a batch adapts: halved (at most once per batch)
+/// when a share takes more than twice the baseline time per row, or the batch fails.
+/// Halving rather than the enrichment's 10%: the limit learns once per batch, not per
+/// call, and is small; it should leave a struggling server within a few batches. The
+/// first two batches' worth of shares only set the baseline.
+fn limit_settings(pool_size: usize) -> LimitSettings {
+    let pool = pool_size.max(1);
+    LimitSettings {
+        min: 1,
+        max: pool,
+        initial: pool,
+        tolerance: 2.0,
+        backoff: 0.5,
+        warmup: 2 * pool,
+    }
+}
+
 /// Loads rows `range` (counted across `batch`) into the table in `tx`: binary COPY into
 /// the staging table, then the upsert.
 fn load(
@@ -198,18 +238,38 @@ fn load(
 impl PostgresSink {
     /// A sink of pipeline `pipeline` configured by `config` (nothing is connected until
     /// [`Sink::open`]).
+    ///
+    /// Its concurrency limit reports as component `sink:TABLE` until
+    /// [`named`](Self::named).
     pub fn new(pipeline: &str, config: &DatabaseSinkConfig) -> Self {
         PostgresSink {
             pipeline: pipeline.to_owned(),
             config: config.clone(),
             client: None,
             extra: Vec::new(),
+            limit: AdaptiveLimit::new(limit_settings(config.pool_size))
+                .named(format!("sink:{}", config.table)),
             columns: Vec::new(),
             kinds: Vec::new(),
             upsert: String::new(),
             copy: String::new(),
             positions: String::new(),
         }
+    }
+
+    /// The sink, its concurrency limit reported as
+    /// `lungfish_concurrency_limit{component="sink:NAME"}` (`name`: the sink's name in
+    /// the pipeline).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.limit = self.limit.named(format!("sink:{name}"));
+        self
+    }
+
+    /// How many connections the next large batch may be loaded over now: the adaptive
+    /// limit, between 1 and `pool_size` (see the module's *Parallel loading*).
+    pub fn concurrency_limit(&self) -> usize {
+        self.limit.limit()
     }
 
     fn where_(&self) -> String {
@@ -398,6 +458,7 @@ impl Sink for PostgresSink {
                    PRIMARY KEY (pipeline, sink_table, partition))",
             )
             .map_err(|e| error(&where_, &e))?;
+        self.limit.report();
         let recorded = self.recorded_positions()?;
         if !recorded.is_empty() {
             tracing::info!(table = %table_name, ?recorded, "postgres sink: positions recorded by earlier runs");
@@ -425,22 +486,45 @@ impl Sink for PostgresSink {
             self.positions.clone(),
         );
         let (pipeline, table) = (self.pipeline.clone(), self.config.table.clone());
-        self.client()?;
         let total: usize = batch.iter().map(|b| b.len()).sum();
-        // Helpers: more connections for a large batch, each loading a share.
-        let helpers = (self.config.pool_size.max(1) - 1).min(total / MIN_ROWS_PER_CONNECTION);
+        // Shares: one per connection, as many as the limit allows, of at least
+        // MIN_ROWS_PER_CONNECTION rows each; the first connection's helpers load the
+        // others.
+        let shares = self
+            .limit
+            .limit()
+            .min(total / MIN_ROWS_PER_CONNECTION)
+            .max(1);
+        let helpers = shares - 1;
+        // Only a batch that could be shared tells the limit something.
+        let measured = total >= 2 * MIN_ROWS_PER_CONNECTION;
+        // A transient failure (the server down, too many connections, a statement
+        // timeout...) is a sign of overload: one per batch.
+        let failed = |limit: &AdaptiveLimit, e: SinkError| {
+            if measured && e.retryable {
+                limit.record(Duration::ZERO, shares, CallOutcome::Failed, Instant::now());
+            }
+            e
+        };
+        // Per share, whether its connection is opened for this batch: a new session's
+        // caches are cold, its time says nothing about the server's load.
+        let mut fresh = vec![self.client.as_ref().is_none_or(Client::is_closed)];
+        if let Err(e) = self.client() {
+            return Err(failed(&self.limit, e));
+        }
         while self.extra.len() < helpers {
             self.extra.push(None);
         }
         for i in 0..helpers {
-            if self.extra[i].as_ref().is_none_or(Client::is_closed) {
-                self.extra[i] = Some(self.connect()?);
+            fresh.push(self.extra[i].as_ref().is_none_or(Client::is_closed));
+            if fresh[i + 1] {
+                self.extra[i] = Some(self.connect().map_err(|e| failed(&self.limit, e))?);
             }
         }
-        let shares = helpers + 1;
         let share = |k: usize| (total * k / shares)..(total * (k + 1) / shares);
         let (main, extra) = (&mut self.client, &mut self.extra);
-        let result = std::thread::scope(|scope| -> Result<(), postgres::Error> {
+        // Per share (the first one's first): how long it took.
+        let result = std::thread::scope(|scope| -> Result<Vec<Duration>, postgres::Error> {
             let handles: Vec<_> = extra
                 .iter_mut()
                 .take(helpers)
@@ -450,19 +534,25 @@ impl Sink for PostgresSink {
                     let (copy, upsert, types) = (&copy, &upsert, &types);
                     let range = share(k + 1);
                     scope.spawn(move || {
+                        let started = Instant::now();
                         let mut tx = client.transaction()?;
                         load(&mut tx, copy, upsert, types, batch, range)?;
-                        tx.commit()
+                        tx.commit()?;
+                        Ok(started.elapsed())
                     })
                 })
                 .collect();
             let client = main.as_mut().expect("connected by the caller");
+            let started = Instant::now();
             let mut tx = client.transaction()?;
             load(&mut tx, &copy, &upsert, &types, batch, share(0))?;
+            let mut took = started.elapsed();
             // The helpers' shares are committed before the positions claim them.
-            for h in handles {
-                h.join().expect("a Postgres loader panicked")?;
+            let mut latencies = vec![Duration::ZERO; shares];
+            for (k, h) in handles.into_iter().enumerate() {
+                latencies[k + 1] = h.join().expect("a Postgres loader panicked")?;
             }
+            let started = Instant::now();
             for p in positions {
                 let (partition, through) = (p.partition as i32, p.through as i64);
                 tx.execute(
@@ -470,17 +560,36 @@ impl Sink for PostgresSink {
                     &[&pipeline, &table, &partition, &through, &p.watermark],
                 )?;
             }
-            tx.commit()
+            tx.commit()?;
+            took += started.elapsed();
+            latencies[0] = took;
+            Ok(latencies)
         });
-        result.map_err(|e| {
-            let e = error(&where_, &e);
-            if e.retryable {
-                // Reconnect on the next attempt: the sessions may be gone.
-                self.client = None;
-                self.extra.clear();
+        match result {
+            Ok(latencies) => {
+                if measured {
+                    let now = Instant::now();
+                    for (k, took) in latencies.into_iter().enumerate() {
+                        if fresh[k] {
+                            continue;
+                        }
+                        let rows = share(k).len().max(1) as f64;
+                        let per_rows = took.mul_f64(LATENCY_ROWS / rows);
+                        self.limit.record(per_rows, shares, CallOutcome::Ok, now);
+                    }
+                }
+                Ok(())
             }
-            e
-        })
+            Err(e) => {
+                let e = failed(&self.limit, error(&where_, &e));
+                if e.retryable {
+                    // Reconnect on the next attempt: the sessions may be gone.
+                    self.client = None;
+                    self.extra.clear();
+                }
+                Err(e)
+            }
+        }
     }
 
     fn describe(&self) -> String {
