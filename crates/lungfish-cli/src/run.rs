@@ -219,6 +219,21 @@ pub fn print_summary(s: &Summary, file: &Path) {
     if let Some(peak) = peak_memory() {
         println!("  {:<14} {:>10} MiB", "peak memory", peak / (1024 * 1024));
     }
+    let m = &s.memory;
+    let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
+    println!("  {:<14} {:>10} MiB", "memory limit", m.limit >> 20);
+    println!(
+        "    queues: to shards {} of {} MiB, to sinks {} of {} MiB (peak of budget)",
+        mib(m.shard_queues_peak),
+        mib(m.shard_queues),
+        mib(m.sink_queues_peak),
+        mib(m.sink_queues),
+    );
+    println!(
+        "    window state: {} MiB at most (its share: {} MiB)",
+        mib(m.state_peak),
+        mib(m.state),
+    );
     for k in &s.sinks {
         match k.stored_rows {
             Some(n) => println!(

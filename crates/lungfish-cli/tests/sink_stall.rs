@@ -40,11 +40,14 @@ const WINDOWS: usize = 64;
 /// Acknowledged events are counted in slices of the stall this long.
 const SLICE: Duration = Duration::from_secs(5);
 const SLICES: usize = 6;
-/// The product's bound for a 20x spike during a 30 s stall.
-const RSS_BOUND_KIB: u64 = 256 * 1024;
+/// The pipeline's `memory_limit`.
+const MEMORY_LIMIT_MIB: u64 = 192;
+/// The product's bound for a 20x spike during a 30 s stall: the memory limit plus a
+/// fixed overhead (threads, the log's index, read buffers), 256 MiB in all.
+const RSS_BOUND_KIB: u64 = (MEMORY_LIMIT_MIB + 64) * 1024;
 /// Longest wait for the backlog to drain after the lock is released. The sink's breaker
-/// doubles its open time (0.5 s up to 30 s) while the store fails, so the first probe
-/// after the stall may come up to about 17 s after it.
+/// doubles its open time (0.5 s up to 5 s) while the store fails, so the first probe
+/// after the stall comes within about 5 s (plus a write timeout) after it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What one connection sent and got.
@@ -198,7 +201,9 @@ fn a_sink_stalled_for_30_s_under_load_keeps_memory_bounded_and_drains_every_even
     let test_started = Instant::now();
     let mut server = Server::start_with(
         "client_header = \"x-client-id\"",
-        &format!("key = \"user\"\ntime = \"ts\"\nout_of_orderness = \"{OUT_OF_ORDERNESS}\""),
+        &format!(
+            "key = \"user\"\ntime = \"ts\"\nout_of_orderness = \"{OUT_OF_ORDERNESS}\"\nmemory_limit = \"{MEMORY_LIMIT_MIB}MiB\""
+        ),
         // A locked database is a write that times out after 1 s: a transient failure.
         "write_timeout = \"1s\"\n\n[log]\npartitions = 4\nfsync = \"every 10ms\"\nmax_size = \"16GiB\"",
     );

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use lungfish_log::{DurableTicket, Log, LogError, OffsetCommit, PartitionReader};
 
+use crate::budget::{ByteBudget, Lease};
 use crate::checkpoint::{Checkpoint, PartitionProgress};
 use crate::codec::json::JsonExtractor;
 use crate::control::Control;
@@ -47,9 +48,6 @@ use crate::event::{EventRef, key_hash, shard_for};
 use crate::operator::{EventSlot, OperatorBatch, OperatorChain, Verdict};
 use crate::shard::{ShardBatch, ShardMsg, send_patiently};
 use crate::window::Windowing;
-
-/// A micro-batch is also cut when it holds about this many bytes.
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Event times beyond ± this many milliseconds (about ±31,700 years around 1970) are
 /// refused: window arithmetic near the ends of `i64` would saturate.
@@ -166,6 +164,13 @@ impl Committer {
         }
         Ok(n)
     }
+
+    /// The offset last committed for `partition` by this committer, if any.
+    pub fn committed_offset(&self, partition: u32) -> Option<u64> {
+        self.committed.lock().unwrap()[partition as usize]
+            .as_ref()
+            .map(|(offset, _)| *offset)
+    }
 }
 
 /// Settings of a consumer.
@@ -194,6 +199,11 @@ pub struct ConsumerSettings {
     /// The numbers events carry after the operators (the extractor's first, then those
     /// operators add); equal to the extractor's when there are no operators.
     pub number_fields: Arc<[String]>,
+    /// Bytes the micro-batches waiting in the shards' queues may hold, over all
+    /// consumers: a batch waits for room before it is sent.
+    pub queue_budget: ByteBudget,
+    /// A micro-batch is also cut when it holds about this many bytes.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -411,7 +421,7 @@ impl Consumer {
     #[inline]
     fn flush_if_full(&mut self) {
         if self.pending + self.late.len() >= self.settings.batch_max_events
-            || self.batch_bytes >= MAX_BATCH_BYTES
+            || self.batch_bytes >= self.settings.max_batch_bytes
         {
             self.flush(false);
         }
@@ -632,7 +642,16 @@ impl Consumer {
             if batch.is_empty() {
                 continue;
             }
-            let full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
+            let mut full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
+            // Wait for room in the shards' queue bytes (backpressure in bytes).
+            match self
+                .settings
+                .queue_budget
+                .acquire_patiently(full.heap_bytes(), &self.control)
+            {
+                Some(lease) => full.lease = lease,
+                None => return,
+            }
             if !send_patiently(&self.shards[s], ShardMsg::Events(full), &self.control) {
                 return;
             }
@@ -680,9 +699,6 @@ impl Consumer {
             .fetch_add(processed, Ordering::Relaxed);
         crate::telemetry::stage("consumer", processed, self.pending as u64);
         crate::telemetry::batch_size("consumer", processed);
-        let lag = self.log.end_offset(partition).saturating_sub(self.through);
-        metrics::gauge!("lungfish_consumer_lag", "partition" => partition.to_string())
-            .set(lag as f64);
         metrics::gauge!("lungfish_consumer_offset", "partition" => partition.to_string())
             .set(self.through as f64);
         self.pending = 0;
@@ -796,6 +812,7 @@ fn batch_with_capacity(partition: u32, events: usize) -> ShardBatch {
         key_data: Vec::with_capacity(events * 8),
         key_ends: Vec::with_capacity(events),
         numbers: Vec::new(),
+        lease: Lease::default(),
     }
 }
 

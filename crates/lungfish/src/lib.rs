@@ -22,6 +22,7 @@
 #![deny(unsafe_code)] // allowed in one place only: `prefetch`
 
 pub mod breaker;
+pub mod budget;
 pub mod checkpoint;
 pub mod codec;
 pub mod concurrency;

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use lungfish_log::{Log, LogConfig, OffsetCommit};
 
-use crate::config::{OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
+use crate::budget::ByteBudget;
+use crate::config::{MemoryPlan, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
 use crate::consumer::{Committer, Consumer, ConsumerSettings};
 use crate::control::Control;
 use crate::data_dir::DataDir;
@@ -30,7 +31,7 @@ use crate::ingest::{IngestPool, Ingestor};
 use crate::operator::filter::Filter;
 use crate::operator::{ChainSettings, Operator, OperatorChain};
 use crate::retry::RetryBudget;
-use crate::shard::{Shard, ShardMsg, SinkMsg};
+use crate::shard::{Shard, ShardMsg, SinkMsg, StateBytes};
 use crate::sinks::file::FileSink;
 use crate::sinks::sqlite::SqliteSink;
 use crate::sinks::stdout::StdoutSink;
@@ -43,6 +44,8 @@ use crate::window::{RowSchema, Windowing};
 
 /// How often consumers publish, and the committer commits, offsets.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Bytes a consumer's micro-batch holds at most (less with a small memory limit).
+const MAX_BATCH_BYTES: u64 = 8 << 20;
 /// Bytes a consumer reads from the log at a time.
 const READ_BYTES: usize = 1 << 20;
 /// Bytes of input per file-source chunk.
@@ -94,6 +97,31 @@ pub struct Summary {
     pub data_dir: PathBuf,
     /// True if the whole input is in and processed; false after a stop.
     pub complete: bool,
+    /// How the memory limit was used.
+    pub memory: MemoryReport,
+}
+
+/// How a run used its `[pipeline] memory_limit` (see [`MemoryPlan`]), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// The limit.
+    pub limit: u64,
+    /// The shards' queues: the most held at once.
+    pub shard_queues_peak: u64,
+    /// The shards' queues' budget.
+    pub shard_queues: u64,
+    /// Times a consumer waited for room in the shards' queues (backpressure in bytes).
+    pub shard_queue_waits: u64,
+    /// The sinks' queues and batches: the most held at once.
+    pub sink_queues_peak: u64,
+    /// Times a shard waited for room in the sinks' queues.
+    pub sink_queue_waits: u64,
+    /// The sinks' queues' budget.
+    pub sink_queues: u64,
+    /// Window state: the most held at once (measured, not refused).
+    pub state_peak: u64,
+    /// Window state's share.
+    pub state: u64,
 }
 
 impl Summary {
@@ -221,7 +249,9 @@ impl Pipeline {
                 SinkConfig::Stdout => (Box::new(StdoutSink::default()), DriverSettings::default()),
                 #[cfg(feature = "postgres")]
                 SinkConfig::Postgres(c) => (
-                    Box::new(crate::sinks::postgres::PostgresSink::new(&cfg.name, c)),
+                    Box::new(
+                        crate::sinks::postgres::PostgresSink::new(&cfg.name, c).named(&s.name),
+                    ),
                     database_settings(c),
                 ),
                 #[cfg(feature = "clickhouse")]
@@ -280,16 +310,29 @@ impl Pipeline {
         }
         let paths = shard_count * sink_txs.len();
 
+        let http_sources = cfg
+            .sources
+            .iter()
+            .filter(|s| matches!(s.config, SourceConfig::Http(_)))
+            .count();
+        let memory = MemoryPlan::new(p.memory_limit, http_sources);
+        let shard_queue_budget = ByteBudget::for_stage(memory.shard_queues, "shards");
+        let sink_queue_budget = ByteBudget::for_stage(memory.sink_queues, "sinks");
+        let state_bytes = Arc::new(StateBytes::default());
         let (mut shard_txs, mut shard_threads) = (Vec::new(), Vec::new());
         for s in 0..shard_count {
             let (tx, rx) = bounded::<ShardMsg>(CHANNEL_MESSAGES);
             shard_txs.push(tx);
             let shard = Shard::new(
+                s,
                 windowing,
                 schema.clone(),
                 partitions,
                 sink_txs.clone(),
                 control.clone(),
+                sink_queue_budget.clone(),
+                memory.state / shard_count as u64,
+                state_bytes.clone(),
             );
             shard_threads.push(spawn(&format!("lungfish-shard-{s}"), move || shard.run(rx)));
         }
@@ -344,6 +387,10 @@ impl Pipeline {
                 paths,
                 commit_interval: COMMIT_INTERVAL,
                 number_fields: number_fields.clone(),
+                queue_budget: shard_queue_budget.clone(),
+                // A consumer's batch in the making is a share of the shards' queue bytes.
+                max_batch_bytes: (memory.shard_queues / (2 * u64::from(partitions)))
+                    .clamp(256 << 10, MAX_BATCH_BYTES) as usize,
             };
             let consumer = Consumer::new(
                 part,
@@ -381,8 +428,13 @@ impl Pipeline {
                             let label = part.to_string();
                             metrics::gauge!("lungfish_log_end_offset", "partition" => label.clone())
                                 .set(s.end_offset as f64);
-                            metrics::gauge!("lungfish_log_bytes", "partition" => label)
+                            metrics::gauge!("lungfish_log_bytes", "partition" => label.clone())
                                 .set(s.bytes as f64);
+                            // Fresh even while the consumer waits on a full queue.
+                            if let Some(done) = committer.committed_offset(part) {
+                                metrics::gauge!("lungfish_consumer_lag", "partition" => label)
+                                    .set(s.end_offset.saturating_sub(done) as f64);
+                            }
                         }
                     }
                 }
@@ -408,8 +460,10 @@ impl Pipeline {
                         h.max_event_size.unwrap_or(p.max_event_size) as usize,
                         cfg.log.max_batch_size as usize,
                     ));
-                    let (name, ctx, h, consumer) =
-                        (s.name.clone(), ctx.clone(), h.clone(), cfg.name.clone());
+                    // Request bodies in flight: at most this source's part of the memory.
+                    let mut h = h.clone();
+                    h.max_inflight_bytes = h.max_inflight_bytes.min(memory.http_per_source);
+                    let (name, ctx, consumer) = (s.name.clone(), ctx.clone(), cfg.name.clone());
                     source_threads.push((
                         s.name.clone(),
                         spawn(&format!("lungfish-source-{}", s.name), move || {
@@ -550,6 +604,17 @@ impl Pipeline {
             complete: all_finished
                 && stats.sources_done.load(Ordering::SeqCst)
                 && !control.is_stopping(),
+            memory: MemoryReport {
+                limit: p.memory_limit,
+                shard_queues_peak: shard_queue_budget.peak(),
+                shard_queues: shard_queue_budget.capacity(),
+                shard_queue_waits: shard_queue_budget.waits(),
+                sink_queues_peak: sink_queue_budget.peak(),
+                sink_queue_waits: sink_queue_budget.waits(),
+                sink_queues: sink_queue_budget.capacity(),
+                state_peak: state_bytes.peak(),
+                state: memory.state,
+            },
         })
     }
 }

@@ -10,11 +10,12 @@
 //! (see `consumer`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
+use crate::budget::{ByteBudget, Lease};
 use crate::checkpoint::Checkpoint;
 use crate::control::Control;
 use crate::window::{RowSchema, WindowRows, WindowTable, Windowing};
@@ -36,6 +37,8 @@ pub struct ShardBatch {
     pub key_ends: Vec<u32>,
     /// Numbers, `number_fields` per event.
     pub numbers: Vec<f64>,
+    /// The queue bytes this batch holds until it is dropped (see [`crate::budget`]).
+    pub lease: Lease,
 }
 
 impl ShardBatch {
@@ -47,6 +50,16 @@ impl ShardBatch {
     /// True if there is no event.
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
+    }
+
+    /// Bytes the batch holds on the heap (its buffers' capacities).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.hashes.capacity() * 8
+            + self.ts.capacity() * 8
+            + self.cutoffs.capacity() * 8
+            + self.key_data.capacity()
+            + self.key_ends.capacity() * 4
+            + self.numbers.capacity() * 8) as u64
     }
 
     /// Adds one event.
@@ -126,6 +139,30 @@ fn window_mut(
     &mut windows[at - 1].1
 }
 
+/// Bytes of window state over all shards: now and the most at once.
+#[derive(Debug, Default)]
+pub(crate) struct StateBytes {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl StateBytes {
+    /// Moves the total from `old` to `new` bytes (one shard's change).
+    fn update(&self, old: u64, new: u64) {
+        let now = if new >= old {
+            self.now.fetch_add(new - old, Ordering::Relaxed) + (new - old)
+        } else {
+            self.now.fetch_sub(old - new, Ordering::Relaxed) - (old - new)
+        };
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The most bytes of window state held at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// A shard's state and loop.
 pub(crate) struct Shard {
     windowing: Windowing,
@@ -137,15 +174,30 @@ pub(crate) struct Shard {
     windows: Vec<Vec<(i64, WindowTable)>>,
     sinks: Vec<Sender<SinkMsg>>,
     control: Arc<Control>,
+    /// Bytes the rows waiting for the sinks may hold, over all shards.
+    rows_budget: ByteBudget,
+    /// Bytes of window state this shard is expected to stay under (a share of the
+    /// pipeline's `memory_limit`); past it, a warning (once) and the gauge tell.
+    state_share: u64,
+    state_bytes: metrics::Gauge,
+    state_total: Arc<StateBytes>,
+    /// This shard's last measured state, bytes.
+    state_last: u64,
+    warned: bool,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        index: usize,
         windowing: Windowing,
         schema: Arc<RowSchema>,
         partitions: u32,
         sinks: Vec<Sender<SinkMsg>>,
         control: Arc<Control>,
+        rows_budget: ByteBudget,
+        state_share: u64,
+        state_total: Arc<StateBytes>,
     ) -> Self {
         Shard {
             windowing,
@@ -154,6 +206,35 @@ impl Shard {
             windows: (0..partitions).map(|_| Vec::new()).collect(),
             sinks,
             control,
+            rows_budget,
+            state_share,
+            state_bytes: metrics::gauge!("lungfish_state_bytes", "shard" => index.to_string()),
+            state_total,
+            state_last: 0,
+            warned: false,
+        }
+    }
+
+    /// Bytes of open window state, all partitions (a few windows each: cheap).
+    fn measure_state(&mut self) {
+        let bytes: u64 = self
+            .windows
+            .iter()
+            .flatten()
+            .map(|(_, table)| table.heap_bytes())
+            .sum();
+        self.state_bytes.set(bytes as f64);
+        self.state_total.update(self.state_last, bytes);
+        self.state_last = bytes;
+        if bytes > self.state_share && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                state_bytes = bytes,
+                share = self.state_share,
+                "window state is over its share of [pipeline] memory_limit: too many keys \
+                 in the open windows for the memory given; raise memory_limit, or shorten \
+                 the windows or the out-of-orderness"
+            );
         }
     }
 
@@ -163,6 +244,7 @@ impl Shard {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(ShardMsg::Events(batch)) => {
                     self.add(&batch);
+                    self.measure_state();
                     crate::telemetry::stage("window", batch.len() as u64, 0);
                     crate::telemetry::batch_size("window", batch.len() as u64);
                 }
@@ -228,6 +310,15 @@ impl Shard {
                 .fetch_add(rows.len() as u64, Ordering::Relaxed);
             metrics::counter!("lungfish_windows_emitted_total").increment(rows.len() as u64);
             crate::telemetry::stage("window", 0, rows.len() as u64);
+            // Wait for room in the sinks' queue bytes (backpressure in bytes).
+            match self
+                .rows_budget
+                .acquire_patiently(rows.heap_bytes(), &self.control)
+            {
+                Some(lease) => rows.hold(lease),
+                None => return false,
+            }
+            self.measure_state();
             let rows = Arc::new(rows);
             for tx in &self.sinks {
                 if !send_patiently(tx, SinkMsg::Rows(rows.clone()), &self.control) {

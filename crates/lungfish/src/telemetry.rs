@@ -14,8 +14,11 @@
 //! | `lungfish_log_end_offset` | gauge | `partition` | durable end of each log partition |
 //! | `lungfish_log_bytes` | gauge | `partition` | bytes of each log partition |
 //! | `lungfish_consumer_offset` | gauge | `partition` | next offset the consumer reads |
-//! | `lungfish_consumer_lag` | gauge | `partition` | records between the consumer and the log's end |
+//! | `lungfish_consumer_lag` | gauge | `partition` | records between the consumer's committed offset and the log's end (every 100 ms, also while the consumer waits) |
 //! | `lungfish_late_events_total` | counter | | late events sent to the dead-letter queue |
+//! | `lungfish_queue_bytes` | gauge | `stage` | bytes of batches waiting for a stage: `shards` (micro-batches from the consumers), `sinks` (rows from the shards, until every sink wrote them); at most their share of `memory_limit` |
+//! | `lungfish_queue_waits_total` | counter | `stage` | times the stage before waited for room in that queue (backpressure in bytes) |
+//! | `lungfish_state_bytes` | gauge | `shard` | bytes of open window state a shard holds |
 //! | `lungfish_windows_emitted_total` | counter | | window rows emitted by shards |
 //! | `lungfish_sink_write_seconds` | histogram | `sink` | duration of one sink batch write |
 //! | `lungfish_sink_rows_total` | counter | `sink` | rows durably written |
@@ -26,7 +29,7 @@
 //! | `lungfish_http_responses_total` | counter | `source`, `status` | HTTP source answers by status code |
 //! | `lungfish_http_connections_refused_total` | counter | `source` | connections over `max_connections` |
 //! | `lungfish_http_idempotency_evicted_total` | counter | | idempotency answers forgotten before their horizon (over `idempotency_max_keys`) |
-//! | `lungfish_concurrency_limit` | gauge | | the adaptive concurrency limit, where one is used |
+//! | `lungfish_concurrency_limit` | gauge | `component` | an adaptive concurrency limit: `enrich:NAME` (an enrichment client's calls in flight), `sink:NAME` (connections loading a Postgres sink's batch) |
 //! | `lungfish_enrich_cache_hits_total` | counter | `operator` | distinct keys of an enrichment lookup answered from the cache |
 //! | `lungfish_enrich_cache_misses_total` | counter | `operator` | distinct keys of an enrichment lookup not in the cache |
 //! | `lungfish_enrich_calls_total` | counter | `operator`, `outcome` | calls to the enrichment service: `ok`, `failed`, `bad_answer`, `refused`, or `circuit_open` (not made) |

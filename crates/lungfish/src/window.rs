@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use crate::budget::Lease;
 use crate::config::{AggFunc, AggregateSpec, WindowSpec};
 
 /// Which windows an event time falls into.
@@ -148,6 +149,8 @@ pub struct WindowRows {
     key_data: Vec<u8>,
     key_ends: Vec<u32>,
     values: Vec<f64>,
+    /// The queue bytes these rows hold until dropped (see [`crate::budget`]).
+    lease: Lease,
 }
 
 impl WindowRows {
@@ -160,7 +163,23 @@ impl WindowRows {
             key_data: Vec::new(),
             key_ends: Vec::new(),
             values: Vec::new(),
+            lease: Lease::default(),
         }
+    }
+
+    /// Bytes the rows hold on the heap (their buffers' capacities).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.starts.capacity() * 8
+            + self.ends.capacity() * 8
+            + self.key_data.capacity()
+            + self.key_ends.capacity() * 4
+            + self.values.capacity() * 8) as u64
+    }
+
+    /// Makes the rows hold `lease` until they are dropped: the queue bytes they take
+    /// come back when the last sink is done with them.
+    pub fn hold(&mut self, lease: Lease) {
+        self.lease = lease;
     }
 
     /// The schema of the rows.
@@ -294,6 +313,13 @@ impl WindowTable {
             vals: Vec::new(),
             stride: number_fields * 3,
         }
+    }
+
+    /// Bytes the window holds on the heap (slots, keys and aggregates).
+    pub fn heap_bytes(&self) -> u64 {
+        (self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.keys.capacity()
+            + self.vals.capacity() * 8) as u64
     }
 
     /// Number of keys.

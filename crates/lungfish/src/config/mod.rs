@@ -558,6 +558,10 @@ pub struct ProcessingConfig {
     pub batch_max_age: Duration,
     /// Largest accepted event, in bytes (> 0, < `log.max_batch_size`).
     pub max_event_size: u64,
+    /// The memory the pipeline may hold in its buffers and state, in bytes (>= 16MiB);
+    /// see [`MemoryPlan`] for how it is shared. Peak RSS stays under it plus a fixed
+    /// overhead (threads, the log's index, per-partition read buffers).
+    pub memory_limit: u64,
     /// The windows events are aggregated in.
     pub window: WindowSpec,
     /// What is computed per window and key, one column each (at least one).
@@ -566,7 +570,7 @@ pub struct ProcessingConfig {
 
 impl Default for ProcessingConfig {
     /// Fields `user`, `ts`, `id`; 2s out-of-orderness; one shard per core; micro-batches of
-    /// 8192 events or 50ms; events up to 64KiB. Window and aggregates are required in
+    /// 8192 events or 50ms; events up to 64KiB; a memory limit of 256MiB. Window and aggregates are required in
     /// pipeline files; here they default to 1s tumbling windows and `count`.
     fn default() -> Self {
         Self {
@@ -578,10 +582,46 @@ impl Default for ProcessingConfig {
             batch_max_events: 8192,
             batch_max_age: Duration::from_millis(50),
             max_event_size: 64 << 10,
+            memory_limit: 256 << 20,
             window: WindowSpec::Tumbling {
                 size: Duration::from_secs(1),
             },
             aggregates: vec![AggregateSpec::count()],
+        }
+    }
+}
+
+/// How `[pipeline] memory_limit` is shared between the parts that hold memory.
+///
+/// * A quarter for request bodies on the HTTP edge, split evenly between the HTTP
+///   sources (each source's `max_inflight_bytes` is capped at its part);
+/// * an eighth for micro-batches waiting in the shards' queues and an eighth for rows
+///   waiting in the sinks' queues and batches (byte budgets: a full queue makes the
+///   stage before it wait, and the consumers stop reading the log; see
+///   [`crate::budget`]);
+/// * half for window state (open windows' keys and aggregates), which grows with the
+///   keys in the open windows: it is measured (`lungfish_state_bytes`) and a warning
+///   says when it goes over its half, but it is not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// In-flight request bytes of each HTTP source.
+    pub http_per_source: u64,
+    /// Bytes of micro-batches in the shards' queues, all consumers together.
+    pub shard_queues: u64,
+    /// Bytes of rows in the sinks' queues and pending batches, all shards together.
+    pub sink_queues: u64,
+    /// Bytes of window state all shards are expected to stay under.
+    pub state: u64,
+}
+
+impl MemoryPlan {
+    /// The plan for `memory_limit` bytes with `http_sources` HTTP sources.
+    pub fn new(memory_limit: u64, http_sources: usize) -> Self {
+        MemoryPlan {
+            http_per_source: memory_limit / 4 / http_sources.max(1) as u64,
+            shard_queues: memory_limit / 8,
+            sink_queues: memory_limit / 8,
+            state: memory_limit / 2,
         }
     }
 }

@@ -108,6 +108,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "batch_max_events",
     "batch_max_age",
     "max_event_size",
+    "memory_limit",
     "window",
     "aggregates",
 ];
@@ -850,6 +851,9 @@ impl Reader {
             max_event_size: self
                 .value(t, "max_event_size", as_size)
                 .unwrap_or(d.max_event_size),
+            memory_limit: self
+                .value(t, "memory_limit", as_size)
+                .unwrap_or(d.memory_limit),
             window,
             aggregates,
         }

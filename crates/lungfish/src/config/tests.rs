@@ -1653,3 +1653,37 @@ fn write_behind_is_a_spool_size_on_store_sinks() {
     let error = single(&text);
     assert_eq!(error.field, "sinks.out.write_behind");
 }
+
+#[test]
+fn memory_limit_is_a_size_that_must_leave_room_for_http_requests() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.pipeline.memory_limit, 256 << 20, "the default");
+    let text = HTTP_SOURCE.replace("[pipeline]\n", "[pipeline]\nmemory_limit = \"1GiB\"\n");
+    assert_eq!(parse(&text).unwrap().pipeline.memory_limit, 1 << 30);
+
+    let text = HTTP_SOURCE.replace("[pipeline]\n", "[pipeline]\nmemory_limit = \"8MiB\"\n");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"8MiB\"",
+        "pipeline.memory_limit",
+        "must be at least 16MiB",
+    );
+    // A quarter of 16MiB is 4MiB: exactly the source's max_body_size, so it fits ...
+    let text = HTTP_SOURCE.replace("[pipeline]\n", "[pipeline]\nmemory_limit = \"16MiB\"\n");
+    parse(&text).unwrap();
+    // ... and 8MiB requests do not.
+    let text = text.replace("max_body_size = \"4MiB\"", "max_body_size = \"8MiB\"");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"16MiB\"",
+        "pipeline.memory_limit",
+        "leaves 4MiB for this HTTP source's requests",
+    );
+    assert!(e.to_string().contains("sources.api.max_body_size"), "{e}");
+    let text = text.replace("memory_limit = \"16MiB\"", "memory_limit = \"wide\"");
+    assert_eq!(single(&text).field, "pipeline.memory_limit");
+}

@@ -7,8 +7,8 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, OperatorConfig,
-    PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
+    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, MemoryPlan,
+    OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
 };
 
 /// One problem. `fields[0]` is the field the problem is reported at; the others are the
@@ -111,6 +111,7 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
 
     check_log(&mut out, &config.log);
     check_processing(&mut out, &config.pipeline, &config.log);
+    check_memory(&mut out, config);
     check_operators(&mut out, config);
 
     if config.sinks.is_empty() {
@@ -405,6 +406,48 @@ fn check_log(out: &mut Issues, log: &LogSettings) {
                 format_size(log.segment_size)
             ),
         );
+    }
+}
+
+/// The memory limit must leave each HTTP source room for its largest request.
+fn check_memory(out: &mut Issues, config: &PipelineConfig) {
+    const MIN: u64 = 16 << 20;
+    let limit = config.pipeline.memory_limit;
+    if limit < MIN {
+        out.add(
+            "pipeline.memory_limit",
+            format!(
+                "must be at least {}, got {}",
+                format_size(MIN),
+                format_size(limit)
+            ),
+        );
+        return;
+    }
+    let http: Vec<_> = config
+        .sources
+        .iter()
+        .filter_map(|s| match &s.config {
+            SourceConfig::Http(h) => Some((&s.name, h)),
+            _ => None,
+        })
+        .collect();
+    let plan = MemoryPlan::new(limit, http.len());
+    for (name, h) in http {
+        if plan.http_per_source < h.max_body_size {
+            let body = join(&join("sources", name), "max_body_size");
+            out.related(
+                vec!["pipeline.memory_limit".to_owned(), body.clone()],
+                format!(
+                    "memory_limit {} leaves {} for this HTTP source's requests (a quarter, \
+                     shared by the HTTP sources), less than {body} ({}): raise \
+                     memory_limit or lower max_body_size",
+                    format_size(limit),
+                    format_size(plan.http_per_source),
+                    format_size(h.max_body_size)
+                ),
+            );
+        }
     }
 }
 

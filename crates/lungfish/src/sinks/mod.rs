@@ -14,8 +14,9 @@
 //! before the markers are acknowledged. Every write goes through the sink's circuit
 //! breaker ([`crate::breaker`]): when retries are spent and the store still fails with
 //! an error worth retrying, the driver *holds* the batch and probes the store as the
-//! breaker allows (open 0.5 s, doubling to 30 s) until it heals; meanwhile the bounded
-//! channels fill, consumers stop reading, and the input waits in the log on disk:
+//! breaker allows (open 0.5 s, doubling to 5 s, so a healed store is written to again
+//! within about 5 s) until it heals; meanwhile the bounded channels fill, consumers stop
+//! reading, and the input waits in the log on disk:
 //! nothing is dropped. A stop while holding ends the run without committing past the
 //! held rows. A permanent error (a schema mismatch) stops the pipeline.
 //!
@@ -181,7 +182,7 @@ pub struct DriverSettings {
 impl Default for DriverSettings {
     /// 10,000 rows or 100 ms a batch; 5 attempts, backoff from 100 ms up to 5 s, retries
     /// at most 10% of the writes of the last 10 s plus 10 per second; the breaker opens
-    /// when half of the last 10 writes (at least 3) failed, for 0.5 s doubling to 30 s;
+    /// when half of the last 10 writes (at least 3) failed, for 0.5 s doubling to 5 s;
     /// a failing sink is held, not abandoned.
     fn default() -> Self {
         DriverSettings {
@@ -198,7 +199,7 @@ impl Default for DriverSettings {
                 slow_call: Duration::from_secs(30),
                 slow_ratio: 1.0,
                 open_for: Duration::from_millis(500),
-                max_open_for: Duration::from_secs(30),
+                max_open_for: Duration::from_secs(5),
                 probes: 1,
             },
             hold_when_failing: true,
