@@ -444,71 +444,97 @@ impl Consumer {
     /// A chunk through the operators: decode every record into one batch, run the
     /// chain over it, then route what is live and dead-letter what failed, in offset
     /// order.
+    ///
+    /// The batch lives in the chain's memory of the previous chunk, sized for the chunk
+    /// up front; a failed event's entry takes its failure's reason without a copy, and
+    /// the entries of a chunk share one clock reading (they go to the queue with the
+    /// micro-batch, in one append).
     fn process_with_operators(&mut self, chunk: &lungfish_log::Chunk<'_>) {
-        enum Item<'a> {
-            Event(usize),
-            Bad(&'static str, String, &'a [u8]),
-        }
         let fields = self.settings.number_fields.clone();
-        let mut batch = OperatorBatch::new(&fields);
-        let mut items: Vec<(u64, Item<'_>)> = Vec::new();
+        let mut chain = self.chain.take().expect("called with operators");
+        let mut batch: OperatorBatch<'_> = chain.batch(&fields, chunk.record_count() as usize);
+        // Records that could not be decoded (rare), with their offsets, in order.
+        let mut bad: Vec<(u64, &'static str, String, &[u8])> = Vec::new();
         for (offset, record) in chunk.records() {
             match self.decode(record) {
-                Ok((key, ts, raw)) => {
-                    items.push((offset, Item::Event(batch.len())));
-                    batch.push(
-                        EventSlot {
-                            offset,
-                            key,
-                            ts,
-                            raw,
-                        },
-                        &self.numbers,
-                    );
-                }
-                Err((kind, reason, payload)) => {
-                    items.push((offset, Item::Bad(kind, reason, payload)))
-                }
+                Ok((key, ts, raw)) => batch.push(
+                    EventSlot {
+                        offset,
+                        key,
+                        ts,
+                        raw,
+                    },
+                    &self.numbers,
+                ),
+                Err((kind, reason, payload)) => bad.push((offset, kind, reason, payload)),
             }
         }
-        let mut chain = self.chain.take().expect("called with operators");
         chain.run(&mut batch);
-        for (offset, item) in items {
+        // When this chunk's entries are written: after every failure of the chunk.
+        let mut now = None;
+        let mut bad = bad.into_iter().peekable();
+        let mut ints = itoa::Buffer::new();
+        for i in 0..=batch.len() {
+            // The undecodable records before event `i` (after the last event at the end).
+            let next = (i < batch.len()).then(|| batch.event(i).offset);
+            while let Some((offset, kind, reason, payload)) =
+                bad.next_if(|b| next.is_none_or(|n| b.0 < n))
+            {
+                self.through = offset + 1;
+                self.processed_since_flush += 1;
+                self.dead_letter(kind, reason, offset, payload);
+                self.flush_if_full();
+            }
+            let Some(offset) = next else { break };
             self.through = offset + 1;
             self.processed_since_flush += 1;
-            match item {
-                Item::Bad(kind, reason, payload) => self.dead_letter(kind, reason, offset, payload),
-                Item::Event(i) => match batch.verdict(i) {
-                    Verdict::Live => {
-                        let e = batch.event(i);
-                        self.route(offset, &e.key, e.ts, batch.numbers(i), e.raw);
+            match batch.verdict(i) {
+                Verdict::Live => {
+                    let e = batch.event(i);
+                    self.route(offset, &e.key, e.ts, batch.numbers(i), e.raw);
+                }
+                Verdict::Dropped => {}
+                Verdict::Failed(_) => {
+                    if offset >= self.restored.processed_through.max(self.late_seq) {
+                        let raw = batch.event(i).raw;
+                        self.note_item(raw.len() + 256);
+                        let now = *now.get_or_insert_with(crate::dlq::now_ms);
+                        let (attempts, first, by) = (
+                            batch.attempts(i),
+                            batch.first_failure_ms(i),
+                            batch.failed_by(i),
+                        );
+                        let Verdict::Failed(f) = batch.take_verdict(i) else {
+                            unreachable!("matched above")
+                        };
+                        let mut location = String::with_capacity(48);
+                        location.push_str("log partition ");
+                        location.push_str(ints.format(self.partition));
+                        location.push_str(" offset ");
+                        location.push_str(ints.format(offset));
+                        self.late.push((
+                            offset,
+                            DeadLetter {
+                                stage: chain.stage(by).to_owned(),
+                                kind: f.kind.into_owned(),
+                                reason: f.reason,
+                                location,
+                                payload: raw.to_vec(),
+                                first_failure_ms: now,
+                                last_failure_ms: now,
+                                attempts: 1,
+                                source: None,
+                            }
+                            .from_log(self.partition, offset)
+                            .with_attempts(attempts)
+                            .first_failed_at(first),
+                        ));
                     }
-                    Verdict::Dropped => {}
-                    Verdict::Failed(f) => {
-                        if offset >= self.restored.processed_through.max(self.late_seq) {
-                            let raw = batch.event(i).raw;
-                            self.note_item(raw.len() + 256);
-                            let stage =
-                                format!("operator:{}", chain.operator_name(batch.failed_by(i)));
-                            self.late.push((
-                                offset,
-                                DeadLetter::new(
-                                    stage,
-                                    f.kind.to_string(),
-                                    f.reason.clone(),
-                                    format!("log partition {} offset {offset}", self.partition),
-                                    raw.to_vec(),
-                                )
-                                .from_log(self.partition, offset)
-                                .with_attempts(batch.attempts(i))
-                                .first_failed_at(batch.first_failure_ms(i)),
-                            ));
-                        }
-                    }
-                },
+                }
             }
             self.flush_if_full();
         }
+        chain.recycle(batch);
         self.chain = Some(chain);
     }
 

@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Failure, Operator, OperatorBatch, Verdict};
+use super::{BatchMemory, Failure, Operator, OperatorBatch, Verdict};
 use crate::dlq::now_ms;
 use crate::retry::{Backoff, BudgetSettings, RetryBudget};
 
@@ -57,6 +57,13 @@ pub struct OperatorChain {
     backoff: Backoff,
     /// Scratch: saved numbers of the events of a guarded call.
     saved: Vec<f64>,
+    /// Scratch of [`run`](Self::run): the targets of an operator, the events to retry.
+    targets: Vec<usize>,
+    retry: Vec<usize>,
+    /// The dead-letter stage of each operator: `operator:NAME`.
+    stages: Vec<String>,
+    /// The memory of the last batch, for the next (see [`batch`](Self::batch)).
+    memory: BatchMemory,
 }
 
 impl std::fmt::Debug for OperatorChain {
@@ -79,12 +86,39 @@ impl OperatorChain {
         budget: Arc<RetryBudget>,
     ) -> Self {
         OperatorChain {
-            operators,
             settings,
             budget,
             backoff: Backoff::new(settings.first_backoff, settings.max_backoff, 0x0b5e_55ed),
             saved: Vec::new(),
+            targets: Vec::new(),
+            retry: Vec::new(),
+            stages: operators
+                .iter()
+                .map(|o| format!("operator:{}", o.name()))
+                .collect(),
+            memory: BatchMemory::default(),
+            operators,
         }
+    }
+
+    /// An empty batch with room for `capacity` events, in the memory of the batch last
+    /// given back with [`recycle`](Self::recycle): a consumer builds one per chunk.
+    pub(crate) fn batch<'a>(&mut self, fields: &'a [String], capacity: usize) -> OperatorBatch<'a> {
+        let mut batch = OperatorBatch::from_memory(fields, std::mem::take(&mut self.memory));
+        batch.reserve(capacity);
+        batch
+    }
+
+    /// Gives a batch's memory back, for the next [`batch`](Self::batch).
+    pub(crate) fn recycle(&mut self, batch: OperatorBatch<'_>) {
+        self.memory = batch.into_memory();
+    }
+
+    /// The dead-letter stage of the operator at `position`: `operator:NAME`.
+    pub fn stage(&self, position: usize) -> &str {
+        self.stages
+            .get(position)
+            .map_or("operator:?", |s| s.as_str())
     }
 
     /// The name of the operator at `position` in the chain.
@@ -105,53 +139,31 @@ impl OperatorChain {
     /// `max_attempts` in number.
     pub fn run(&mut self, batch: &mut OperatorBatch<'_>) -> ChainReport {
         let mut report = ChainReport::default();
-        let live: Vec<usize> = batch.live().collect();
-        self.budget.deposit(live.len() as u64, Instant::now());
+        // The index lists are the chain's scratch, kept between batches.
+        let mut targets = std::mem::take(&mut self.targets);
+        let mut retry = std::mem::take(&mut self.retry);
+        targets.clear();
+        targets.extend(batch.live());
+        self.budget.deposit(targets.len() as u64, Instant::now());
         for o in 0..self.operators.len() {
-            let targets: Vec<usize> = live.iter().copied().filter(|&i| batch.is_live(i)).collect();
+            if o > 0 {
+                // An event an operator dropped or failed never comes back to life: the
+                // targets of an operator are those of the one before still live.
+                targets.retain(|&i| batch.is_live(i));
+            }
             if targets.is_empty() {
                 break;
             }
             self.guarded(o, batch, &targets, &mut report);
-            note_failures(batch, &targets);
-            let mut attempt = 1;
-            loop {
-                let retry: Vec<usize> = targets
-                    .iter()
-                    .copied()
-                    .filter(|&i| matches!(batch.verdict(i), Verdict::Failed(f) if f.retryable))
-                    .collect();
-                if retry.is_empty() || attempt >= self.settings.max_attempts.max(1) {
-                    break;
-                }
-                // Retry as many as the budget allows; the rest stay failed.
-                let now = Instant::now();
-                let mut retry = retry;
-                retry.truncate(self.budget.remaining(now) as usize);
-                if retry.is_empty() || !self.budget.try_withdraw(retry.len() as u64, now) {
-                    break;
-                }
-                std::thread::sleep(self.backoff.delay(attempt - 1));
-                for &i in &retry {
-                    batch.verdicts[i] = Verdict::Live;
-                }
-                report.retries += retry.len() as u64;
-                self.guarded(o, batch, &retry, &mut report);
-                note_failures(batch, &retry);
-                attempt += 1;
+            let mut tally = note_failures(batch, &targets, o);
+            if tally.retryable > 0 {
+                self.retry(o, batch, &targets, &mut retry, &mut report);
+                tally = Tally::of(batch, &targets);
             }
+            let Tally {
+                dropped, failed, ..
+            } = tally;
             let name = self.operators[o].name().to_owned();
-            let (mut dropped, mut failed) = (0, 0);
-            for &i in &targets {
-                match batch.verdict(i) {
-                    Verdict::Live => {}
-                    Verdict::Dropped => dropped += 1,
-                    Verdict::Failed(_) => {
-                        failed += 1;
-                        batch.failed_by[i] = o as u16;
-                    }
-                }
-            }
             let passed = targets.len() as u64 - dropped - failed;
             metrics::counter!("lungfish_operator_events_total", "operator" => name.clone(), "outcome" => "passed")
                 .increment(passed);
@@ -166,12 +178,52 @@ impl OperatorChain {
             report.dropped += dropped;
             report.failed += failed;
         }
+        (self.targets, self.retry) = (targets, retry);
         if report.retries > 0 {
             metrics::counter!("lungfish_operator_retries_total").increment(report.retries);
         }
         metrics::gauge!("lungfish_operator_retry_budget_remaining")
             .set(self.budget.remaining(Instant::now()) as f64);
         report
+    }
+
+    /// Retries the events of `targets` that operator `o` failed with a retryable
+    /// failure, while attempts and the budget allow (`retry` is scratch).
+    fn retry(
+        &mut self,
+        o: usize,
+        batch: &mut OperatorBatch<'_>,
+        targets: &[usize],
+        retry: &mut Vec<usize>,
+        report: &mut ChainReport,
+    ) {
+        let mut attempt = 1;
+        loop {
+            retry.clear();
+            retry.extend(
+                targets
+                    .iter()
+                    .copied()
+                    .filter(|&i| matches!(batch.verdict(i), Verdict::Failed(f) if f.retryable)),
+            );
+            if retry.is_empty() || attempt >= self.settings.max_attempts.max(1) {
+                break;
+            }
+            // Retry as many as the budget allows; the rest stay failed.
+            let now = Instant::now();
+            retry.truncate(self.budget.remaining(now) as usize);
+            if retry.is_empty() || !self.budget.try_withdraw(retry.len() as u64, now) {
+                break;
+            }
+            std::thread::sleep(self.backoff.delay(attempt - 1));
+            for &i in retry.iter() {
+                batch.verdicts[i] = Verdict::Live;
+            }
+            report.retries += retry.len() as u64;
+            self.guarded(o, batch, retry, report);
+            note_failures(batch, retry, o);
+            attempt += 1;
+        }
     }
 
     /// Runs operator `o` on the events `targets` only; if it panics, restores them and
@@ -188,13 +240,20 @@ impl OperatorChain {
         }
         let width = batch.width;
         self.saved.clear();
-        for &i in targets {
-            self.saved.extend_from_slice(batch.numbers(i));
+        if targets.len() == batch.len() {
+            // All of them, in order (targets are distinct, ascending indexes).
+            self.saved.extend_from_slice(&batch.numbers);
+        } else {
+            for &i in targets {
+                self.saved.extend_from_slice(batch.numbers(i));
+            }
         }
-        show_only(batch, targets);
+        let hid = show_only(batch, targets);
         let op = &mut self.operators[o];
         let outcome = catch_unwind(AssertUnwindSafe(|| op.process(batch)));
-        batch.visible.iter_mut().for_each(|v| *v = true);
+        if hid {
+            batch.visible.iter_mut().for_each(|v| *v = true);
+        }
         let Err(payload) = outcome else {
             return;
         };
@@ -222,28 +281,64 @@ impl OperatorChain {
     }
 }
 
-/// Makes exactly `targets` visible.
-fn show_only(batch: &mut OperatorBatch<'_>, targets: &[usize]) {
+/// Makes exactly `targets` visible; false if that is every event (nothing was hidden).
+fn show_only(batch: &mut OperatorBatch<'_>, targets: &[usize]) -> bool {
     if targets.len() == batch.len() {
-        return; // all of them (targets are distinct indexes)
+        return false; // all of them (targets are distinct indexes)
     }
     batch.visible.iter_mut().for_each(|v| *v = false);
     for &i in targets {
         batch.visible[i] = true;
     }
+    true
 }
 
-/// Counts an attempt for every failed event of `targets`, stamping first failures.
-fn note_failures(batch: &mut OperatorBatch<'_>, targets: &[usize]) {
+/// The verdicts of some events, counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    dropped: u64,
+    failed: u64,
+    /// Failed with a retryable failure.
+    retryable: u64,
+}
+
+impl Tally {
+    fn add(&mut self, verdict: &Verdict) {
+        match verdict {
+            Verdict::Live => {}
+            Verdict::Dropped => self.dropped += 1,
+            Verdict::Failed(f) => {
+                self.failed += 1;
+                self.retryable += u64::from(f.retryable);
+            }
+        }
+    }
+
+    fn of(batch: &OperatorBatch<'_>, targets: &[usize]) -> Tally {
+        let mut tally = Tally::default();
+        for &i in targets {
+            tally.add(&batch.verdicts[i]);
+        }
+        tally
+    }
+}
+
+/// Counts an attempt for every event of `targets` operator `o` failed, stamping first
+/// failures; returns the verdicts of `targets`, counted.
+fn note_failures(batch: &mut OperatorBatch<'_>, targets: &[usize], o: usize) -> Tally {
     let mut now = None;
+    let mut tally = Tally::default();
     for &i in targets {
+        tally.add(&batch.verdicts[i]);
         if matches!(batch.verdicts[i], Verdict::Failed(_)) {
             batch.attempts[i] += 1;
+            batch.failed_by[i] = o as u16;
             if batch.first_failure_ms[i] == 0 {
                 batch.first_failure_ms[i] = *now.get_or_insert_with(now_ms);
             }
         }
     }
+    tally
 }
 
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {

@@ -11,7 +11,7 @@
 //! An event whose field is missing (NaN, e.g. an enrichment that found nothing) does not
 //! satisfy any comparison but `!=`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use super::{Failure, Operator, OperatorBatch};
 
@@ -144,6 +144,10 @@ pub struct Filter {
     condition: Condition,
     otherwise: Otherwise,
     field: usize,
+    /// A dead letter's reason is `FIELD = VALUE does not satisfy CONDITION`: the parts
+    /// around the value, written once.
+    reason_prefix: String,
+    reason_suffix: String,
 }
 
 impl Filter {
@@ -169,6 +173,8 @@ impl Filter {
             })?;
         Ok(Filter {
             name: name.to_owned(),
+            reason_prefix: format!("{} = ", condition.field),
+            reason_suffix: format!(" does not satisfy {condition}"),
             condition,
             otherwise,
             field,
@@ -191,16 +197,13 @@ impl Operator for Filter {
                 Otherwise::Drop => batch.drop_event(i),
                 Otherwise::DeadLetter => {
                     let v = batch.number(i, self.field);
-                    batch.fail(
-                        i,
-                        Failure::permanent(
-                            "filtered",
-                            format!(
-                                "{} = {v} does not satisfy {}",
-                                self.condition.field, self.condition
-                            ),
-                        ),
-                    )
+                    let mut reason = String::with_capacity(
+                        self.reason_prefix.len() + 24 + self.reason_suffix.len(),
+                    );
+                    reason.push_str(&self.reason_prefix);
+                    let _ = write!(reason, "{v}");
+                    reason.push_str(&self.reason_suffix);
+                    batch.fail(i, Failure::permanent("filtered", reason))
                 }
             }
         }

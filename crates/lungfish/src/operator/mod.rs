@@ -110,17 +110,50 @@ pub struct OperatorBatch<'a> {
 impl<'a> OperatorBatch<'a> {
     /// An empty batch of events carrying one number per name in `fields`.
     pub fn new(fields: &'a [String]) -> Self {
-        OperatorBatch {
-            events: Vec::new(),
-            numbers: Vec::new(),
+        Self::from_memory(fields, BatchMemory::default())
+    }
+
+    /// An empty batch in the memory of an earlier one (see [`BatchMemory`]).
+    pub(crate) fn from_memory(fields: &'a [String], memory: BatchMemory) -> Self {
+        let mut batch = OperatorBatch {
+            events: relabel(memory.events),
+            numbers: memory.numbers,
             width: fields.len(),
-            verdicts: Vec::new(),
-            attempts: Vec::new(),
-            first_failure_ms: Vec::new(),
-            failed_by: Vec::new(),
-            visible: Vec::new(),
+            verdicts: memory.verdicts,
+            attempts: memory.attempts,
+            first_failure_ms: memory.first_failure_ms,
+            failed_by: memory.failed_by,
+            visible: memory.visible,
             fields,
+        };
+        batch.clear();
+        batch
+    }
+
+    /// The batch's memory, emptied, for the next batch.
+    pub(crate) fn into_memory(mut self) -> BatchMemory {
+        self.clear();
+        BatchMemory {
+            events: relabel(self.events),
+            numbers: self.numbers,
+            verdicts: self.verdicts,
+            attempts: self.attempts,
+            first_failure_ms: self.first_failure_ms,
+            failed_by: self.failed_by,
+            visible: self.visible,
         }
+    }
+
+    /// Makes room for `additional` more events, so that pushing them does not
+    /// reallocate.
+    pub fn reserve(&mut self, additional: usize) {
+        self.events.reserve(additional);
+        self.numbers.reserve(additional * self.width);
+        self.verdicts.reserve(additional);
+        self.attempts.reserve(additional);
+        self.first_failure_ms.reserve(additional);
+        self.failed_by.reserve(additional);
+        self.visible.reserve(additional);
     }
 
     /// Adds an event; `numbers` are its first numbers in field order (the rest are NaN).
@@ -217,6 +250,12 @@ impl<'a> OperatorBatch<'a> {
         &self.verdicts[i]
     }
 
+    /// Takes event `i`'s verdict out (its failure, to dead-letter it without a copy),
+    /// leaving the event dropped.
+    pub(crate) fn take_verdict(&mut self, i: usize) -> Verdict {
+        std::mem::replace(&mut self.verdicts[i], Verdict::Dropped)
+    }
+
     /// How many times the operators were run on event `i` and failed it.
     pub fn attempts(&self, i: usize) -> u32 {
         self.attempts[i]
@@ -232,6 +271,31 @@ impl<'a> OperatorBatch<'a> {
     pub fn failed_by(&self, i: usize) -> usize {
         self.failed_by[i] as usize
     }
+}
+
+/// The memory of an [`OperatorBatch`] between batches: a consumer builds a batch per
+/// chunk of the log, and reusing the vectors of the previous one saves growing them
+/// from nothing (reallocating and faulting in fresh pages) every time.
+#[derive(Debug, Default)]
+pub(crate) struct BatchMemory {
+    events: Vec<EventSlot<'static>>,
+    numbers: Vec<f64>,
+    verdicts: Vec<Verdict>,
+    attempts: Vec<u32>,
+    first_failure_ms: Vec<i64>,
+    failed_by: Vec<u16>,
+    visible: Vec<bool>,
+}
+
+/// An emptied vector of event slots, under another lifetime. Collecting a vector's
+/// `into_iter().map(..)` into a vector of a type of the same size and alignment reuses
+/// its allocation (no event is left to map).
+fn relabel<'b>(mut events: Vec<EventSlot<'_>>) -> Vec<EventSlot<'b>> {
+    events.clear();
+    events
+        .into_iter()
+        .map(|_| -> EventSlot<'b> { unreachable!("the vector was emptied") })
+        .collect()
 }
 
 /// Work done on every event between the log and the windows, a batch at a time.
@@ -283,5 +347,46 @@ mod tests {
         assert_eq!(b.verdict(0), &Verdict::Dropped);
         assert!(matches!(b.verdict(2), Verdict::Failed(f) if f.kind == "bad"));
         assert_eq!(b.field_index("weight"), Some(1));
+    }
+
+    #[test]
+    fn a_batch_reuses_the_memory_of_the_previous_one() {
+        let fields = vec!["value".to_owned()];
+        let mut b = OperatorBatch::new(&fields);
+        b.reserve(100);
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        for (i, key) in keys.iter().enumerate() {
+            b.push(
+                EventSlot {
+                    offset: i as u64,
+                    key: Cow::Borrowed(key.as_bytes()),
+                    ts: 0,
+                    raw: b"{}",
+                },
+                &[i as f64],
+            );
+        }
+        b.fail(3, Failure::permanent("bad", "no"));
+        assert!(matches!(b.take_verdict(3), Verdict::Failed(f) if f.reason == "no"));
+        assert_eq!(b.verdict(3), &Verdict::Dropped);
+        let (events, verdicts) = (b.events.as_ptr() as usize, b.verdicts.as_ptr() as usize);
+        let memory = b.into_memory();
+        drop(keys); // the memory borrows no event
+        let other = vec!["value".to_owned()];
+        let mut b = OperatorBatch::from_memory(&other, memory);
+        assert!(b.is_empty() && b.events.capacity() >= 100);
+        assert_eq!(b.events.as_ptr() as usize, events, "same allocation");
+        assert_eq!(b.verdicts.as_ptr() as usize, verdicts);
+        b.push(
+            EventSlot {
+                offset: 7,
+                key: Cow::Borrowed(b"x"),
+                ts: 0,
+                raw: b"{}",
+            },
+            &[],
+        );
+        assert!(b.number(0, 0).is_nan());
+        assert_eq!(b.live().collect::<Vec<_>>(), vec![0]);
     }
 }
