@@ -17,7 +17,7 @@
 #      requests in flight, while another connection holds BEGIN EXCLUSIVE on the SQLite file
 #      for 30 s (from 2 s in). VmRSS of the pipeline is sampled every 200 ms from /proc.
 #      Events acknowledged, achieved rate, peak RSS, and at the end of the stall the log's
-#      size on disk and the events waiting in it (log end - committed offset). After the
+#      size on disk and the events waiting in it (log end - consumer offset). After the
 #      release: how long until the sink writes again and the backlog is read; then the
 #      pipeline is stopped with SIGINT and must exit 0.
 # Everything runs in a temporary directory (deleted at the end) on free loopback ports,
@@ -99,9 +99,11 @@ def rss(pid, out):
         f.write(f"{peak} {hwm}\n")
 
 def backlog(metrics):
-    # Events in the log the pipeline has not yet made durable in its sinks: the sum of
-    # lungfish_consumer_lag (log end minus committed offset, refreshed every 100 ms).
-    return int(metric_sum(metrics, "lungfish_consumer_lag"))
+    # Events in the log the consumer has not read: log end minus consumer position (not
+    # lungfish_consumer_lag, which trails to the committed offset: the last windows stay
+    # open after the load stops, so it never reaches 0 here).
+    return int(metric_sum(metrics, "lungfish_log_end_offset")
+               - metric_sum(metrics, "lungfish_consumer_offset"))
 
 def lock(db, delay, seconds, metrics, logdir, timeout):
     # Hold BEGIN EXCLUSIVE for `seconds` (from `delay` in), note the backlog just before
@@ -415,5 +417,5 @@ if [ -s "$RES/cache_on.eps" ]; then
 else
     echo "| (c) partner at ${LATENCY_MS} ms, cache on / off | - | - | - | ${ENRICH_NOTE:-skipped (BENCH_ENRICH=0)} |"
 fi
-echo "| (d) ${STALL_S} s SQLite stall, load at $(num "$LOAD_RATE")/s (20x 25k/s) for ${LOAD_S} s | $(med stall.eps) (achieved load) | - | $(med stall.peak 1) MiB | acked $(med stall.acked) of $(med stall.sent) sent (ack p99 $(med stall.p99 1) ms); at the end of the stall: log $(med stall.logmib) MiB on disk, $(med stall.lag) events not yet in the sink (log end - committed offset); after the release the sink wrote again in $(med stall.recovered_s 1) s and the backlog was read in $(med stall.drained_s 1) s; VmHWM $(med stall.hwm 1) MiB; exit status(es) $(tr '\n' ' ' <"$RES/stall.rc" | sed 's/ $//') |"
+echo "| (d) ${STALL_S} s SQLite stall, load at $(num "$LOAD_RATE")/s (20x 25k/s) for ${LOAD_S} s | $(med stall.eps) (achieved load) | - | $(med stall.peak 1) MiB | acked $(med stall.acked) of $(med stall.sent) sent (ack p99 $(med stall.p99 1) ms); at the end of the stall: log $(med stall.logmib) MiB on disk, $(med stall.lag) events unread (log end - consumer offset); after the release the sink wrote again in $(med stall.recovered_s 1) s and the backlog was read in $(med stall.drained_s 1) s; VmHWM $(med stall.hwm 1) MiB; exit status(es) $(tr '\n' ' ' <"$RES/stall.rc" | sed 's/ $//') |"
 exit "$STALL_FAILED"

@@ -256,6 +256,7 @@ data_dir = "data"
 type = "generator"
 rate = 20000
 keys = 100
+malformed = 0.01
 [pipeline]
 window = {{ type = "tumbling", size = "100ms" }}
 out_of_orderness = "0s"
@@ -276,6 +277,7 @@ address = "127.0.0.1:{port}"
         if let Some(body) = http_get(port, "/metrics")
             && body.contains("lungfish_sink_write_seconds_bucket")
             && body.contains("lungfish_consumer_lag")
+            && body.contains("lungfish_dead_letters_total")
         {
             metrics = body;
             break;
@@ -302,6 +304,10 @@ address = "127.0.0.1:{port}"
         "lungfish_batch_events_bucket",
         "lungfish_sink_write_seconds_bucket",
         "lungfish_sink_rows_total",
+        "lungfish_dead_letters_total{stage=\"source:gen\"",
+        "lungfish_queue_bytes{stage=\"shards\"}",
+        "lungfish_queue_bytes{stage=\"sinks\"}",
+        "lungfish_state_bytes{shard=\"0\"}",
     ] {
         assert!(
             metrics.contains(name),

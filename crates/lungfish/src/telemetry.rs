@@ -9,6 +9,7 @@
 //! | `lungfish_stage_events_out_total` | counter | `stage` | events (rows) it passed on |
 //! | `lungfish_events_in_total` | counter | `source` | events a source appended to the log |
 //! | `lungfish_events_rejected_total` | counter | `stage`, `kind` | lines rejected into the dead-letter queue |
+//! | `lungfish_dead_letters_total` | counter | `stage`, `kind` | entries appended to the dead-letter queue, all stages (`source:NAME`, `consumer`, `window`, `operator:NAME`, `sink:NAME`) and kinds (the reject kinds of the sources, `late`, `panic`, `unavailable`, an operator's own, `rejected_row`); a replay after a crash may count entries the log already had |
 //! | `lungfish_source_bytes_total` | counter | `source` | input bytes read |
 //! | `lungfish_batch_events` | histogram | `stage` | events (rows) per batch |
 //! | `lungfish_log_end_offset` | gauge | `partition` | durable end of each log partition |
