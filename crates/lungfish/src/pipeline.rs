@@ -48,6 +48,9 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_BATCH_BYTES: u64 = 8 << 20;
 /// Bytes a consumer reads from the log at a time.
 const READ_BYTES: usize = 1 << 20;
+/// ... and at most this many when an operator calls out (an `enrich`): its batches wait
+/// for the slowest call, so larger ones amortise the wait over more events.
+const CALLING_READ_BYTES: usize = 8 << 20;
 /// Bytes of input per file-source chunk.
 /// (Rejected lines cost memory beyond their bytes, so chunks stay small: at worst a
 /// chunk of one-byte lines makes 128 Ki rejects.)
@@ -365,6 +368,18 @@ impl Pipeline {
         operator_factories.extend(self.extra_operators.iter().cloned());
         let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
         let number_fields: Arc<[String]> = number_fields.into();
+        // Operators that wait on outside calls read larger chunks, within an eighth of
+        // the memory limit over all partitions.
+        let calls_out = cfg
+            .operators
+            .iter()
+            .any(|o| matches!(o.config, OperatorConfig::Enrich(_)));
+        let read_bytes = if calls_out {
+            ((p.memory_limit / 8 / u64::from(partitions)) as usize)
+                .clamp(READ_BYTES, CALLING_READ_BYTES)
+        } else {
+            READ_BYTES
+        };
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {
             let chain = (!operator_factories.is_empty()).then(|| {
@@ -380,7 +395,7 @@ impl Pipeline {
                     .unwrap_or(i64::MAX),
                 batch_max_events: p.batch_max_events,
                 batch_max_age: p.batch_max_age,
-                read_bytes: READ_BYTES,
+                read_bytes,
                 windowing,
                 fields_id: ingestor.fields_id(),
                 extractor: ingestor.extractor().clone(),
