@@ -368,8 +368,8 @@ impl Pipeline {
         operator_factories.extend(self.extra_operators.iter().cloned());
         let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
         let number_fields: Arc<[String]> = number_fields.into();
-        // Operators that wait on outside calls read larger chunks, within an eighth of
-        // the memory limit over all partitions.
+        // Operators that wait on outside calls read larger chunks: at most an eighth of
+        // the memory limit over all partitions (on top of the MemoryPlan's shares).
         let calls_out = cfg
             .operators
             .iter()
