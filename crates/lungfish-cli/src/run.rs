@@ -221,18 +221,18 @@ pub fn print_summary(s: &Summary, file: &Path) {
     }
     let m = &s.memory;
     let mib = |b: u64| format!("{:.1}", b as f64 / (1024.0 * 1024.0));
-    println!("  {:<14} {:>10} MiB", "memory limit", m.limit >> 20);
+    println!("  {:<14} {:>10} MiB", "memory limit", m.plan.limit >> 20);
     println!(
         "    queues: to shards {} of {} MiB, to sinks {} of {} MiB (peak of budget)",
         mib(m.shard_queues_peak),
-        mib(m.shard_queues),
+        mib(m.plan.shard_queues),
         mib(m.sink_queues_peak),
-        mib(m.sink_queues),
+        mib(m.plan.sink_queues),
     );
     println!(
         "    window state: {} MiB at most (its share: {} MiB)",
         mib(m.state_peak),
-        mib(m.state),
+        mib(m.plan.state),
     );
     for k in &s.sinks {
         match k.stored_rows {

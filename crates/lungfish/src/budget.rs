@@ -14,7 +14,6 @@
 //! The budget's use is a gauge, `lungfish_queue_bytes{stage}`, when it has a stage name.
 //! One lock per lease, taken per batch, never per event.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,23 +28,34 @@ pub struct ByteBudget {
 #[derive(Debug)]
 struct Inner {
     capacity: u64,
-    /// Bytes held now, and the most ever held at once.
-    used: Mutex<(u64, u64)>,
-    /// Acquisitions that had to wait for bytes to be freed.
-    waits: AtomicU64,
-    waits_counter: Option<metrics::Counter>,
+    usage: Mutex<Usage>,
     freed: Condvar,
-    gauge: Option<metrics::Gauge>,
+    /// `lungfish_queue_bytes` and `lungfish_queue_waits_total` of its stage, if named.
+    metrics: Option<(metrics::Gauge, metrics::Counter)>,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    /// Bytes held now.
+    used: u64,
+    /// The most ever held at once.
+    peak: u64,
+    /// Acquisitions that did not find room at once.
+    waits: u64,
 }
 
 impl Inner {
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn release(&self, bytes: u64) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        used.0 -= bytes;
-        if let Some(g) = &self.gauge {
-            g.set(used.0 as f64);
+        let mut usage = self.usage();
+        usage.used -= bytes;
+        if let Some((gauge, _)) = &self.metrics {
+            gauge.set(usage.used as f64);
         }
-        drop(used);
+        drop(usage);
         self.freed.notify_all();
     }
 }
@@ -53,16 +63,7 @@ impl Inner {
 impl ByteBudget {
     /// A budget of `capacity` bytes (at least 1).
     pub fn new(capacity: u64) -> Self {
-        ByteBudget {
-            inner: Arc::new(Inner {
-                capacity: capacity.max(1),
-                used: Mutex::new((0, 0)),
-                freed: Condvar::new(),
-                gauge: None,
-                waits: AtomicU64::new(0),
-                waits_counter: None,
-            }),
-        }
+        Self::with_metrics(capacity, None)
     }
 
     /// A budget of `capacity` bytes whose use is reported as
@@ -71,16 +72,17 @@ impl ByteBudget {
     pub fn for_stage(capacity: u64, stage: &'static str) -> Self {
         let gauge = metrics::gauge!("lungfish_queue_bytes", "stage" => stage);
         gauge.set(0.0);
+        let waits = metrics::counter!("lungfish_queue_waits_total", "stage" => stage);
+        Self::with_metrics(capacity, Some((gauge, waits)))
+    }
+
+    fn with_metrics(capacity: u64, metrics: Option<(metrics::Gauge, metrics::Counter)>) -> Self {
         ByteBudget {
             inner: Arc::new(Inner {
                 capacity: capacity.max(1),
-                used: Mutex::new((0, 0)),
+                usage: Mutex::new(Usage::default()),
                 freed: Condvar::new(),
-                gauge: Some(gauge),
-                waits: AtomicU64::new(0),
-                waits_counter: Some(
-                    metrics::counter!("lungfish_queue_waits_total", "stage" => stage),
-                ),
+                metrics,
             }),
         }
     }
@@ -92,18 +94,18 @@ impl ByteBudget {
 
     /// Bytes held by leases now.
     pub fn used(&self) -> u64 {
-        self.inner.used.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.inner.usage().used
     }
 
     /// The most bytes ever held at once (never more than the capacity).
     pub fn peak(&self) -> u64 {
-        self.inner.used.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.inner.usage().peak
     }
 
     /// How many times a caller had to wait for bytes to be freed (backpressure): one
     /// per acquisition that did not find room at once, and one per failed attempt.
     pub fn waits(&self) -> u64 {
-        self.inner.waits.load(Ordering::Relaxed)
+        self.inner.usage().waits
     }
 
     /// A lease on `bytes` (at most the capacity) if they are free now.
@@ -117,29 +119,29 @@ impl ByteBudget {
     pub fn acquire_timeout(&self, bytes: u64, timeout: Duration) -> Option<Lease> {
         let bytes = bytes.min(self.inner.capacity);
         let deadline = Instant::now() + timeout;
-        let mut used = self.inner.used.lock().unwrap_or_else(|e| e.into_inner());
-        if used.0 + bytes > self.inner.capacity {
-            self.inner.waits.fetch_add(1, Ordering::Relaxed);
-            if let Some(c) = &self.inner.waits_counter {
-                c.increment(1);
+        let mut usage = self.inner.usage();
+        if usage.used + bytes > self.inner.capacity {
+            usage.waits += 1;
+            if let Some((_, waits)) = &self.inner.metrics {
+                waits.increment(1);
             }
         }
-        while used.0 + bytes > self.inner.capacity {
+        while usage.used + bytes > self.inner.capacity {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            used = self
+            usage = self
                 .inner
                 .freed
-                .wait_timeout(used, left)
+                .wait_timeout(usage, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        used.0 += bytes;
-        used.1 = used.1.max(used.0);
-        if let Some(g) = &self.inner.gauge {
-            g.set(used.0 as f64);
+        usage.used += bytes;
+        usage.peak = usage.peak.max(usage.used);
+        if let Some((gauge, _)) = &self.inner.metrics {
+            gauge.set(usage.used as f64);
         }
         Some(Lease {
             budget: Some(self.inner.clone()),

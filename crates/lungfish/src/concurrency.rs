@@ -141,16 +141,6 @@ impl AdaptiveLimit {
         self.publish(limit);
     }
 
-    /// The `component` label of its gauge.
-    pub fn component(&self) -> &str {
-        &self.component
-    }
-
-    /// The settings in force (after the clamping of [`new`](Self::new)).
-    pub fn settings(&self) -> &LimitSettings {
-        &self.settings
-    }
-
     fn publish(&self, limit: f64) {
         metrics::gauge!("lungfish_concurrency_limit", "component" => self.component.clone())
             .set(limit);
@@ -412,14 +402,14 @@ mod tests {
             initial: 10,
             ..LimitSettings::default()
         });
-        assert_eq!(limit.component(), "unnamed");
-        assert_eq!((limit.settings().min, limit.settings().initial), (1, 3));
+        assert_eq!(limit.component, "unnamed");
+        assert_eq!((limit.settings.min, limit.settings.initial), (1, 3));
         assert_eq!(limit.limit(), 3);
 
         let recorder = gauges::Recorder::default();
         metrics::with_local_recorder(&recorder, || {
             let limit = limit.named("sink:pg");
-            assert_eq!(limit.component(), "sink:pg");
+            assert_eq!(limit.component, "sink:pg");
             limit.report();
             let now = Instant::now();
             limit.record(Duration::from_millis(5), 3, CallOutcome::Failed, now);

@@ -514,17 +514,14 @@ impl Consumer {
                         location.push_str(ints.format(offset));
                         self.late.push((
                             offset,
-                            DeadLetter {
-                                stage: chain.stage(by).to_owned(),
-                                kind: f.kind.into_owned(),
-                                reason: f.reason,
+                            DeadLetter::failed_on(
+                                now,
+                                chain.stage(by),
+                                f.kind,
+                                f.reason,
                                 location,
-                                payload: raw.to_vec(),
-                                first_failure_ms: now,
-                                last_failure_ms: now,
-                                attempts: 1,
-                                source: None,
-                            }
+                                raw.to_vec(),
+                            )
                             .from_log(self.partition, offset)
                             .with_attempts(attempts)
                             .first_failed_at(first),

@@ -130,7 +130,19 @@ impl DeadLetter {
         location: impl Into<String>,
         payload: Vec<u8>,
     ) -> Self {
-        let now = now_ms();
+        Self::failed_on(now_ms(), stage, kind, reason, location, payload)
+    }
+
+    /// An entry that failed at `now` (epoch ms), on its first attempt, not from the
+    /// event log: [`new`](Self::new) for callers that read the clock once per batch.
+    pub fn failed_on(
+        now: i64,
+        stage: impl Into<String>,
+        kind: impl Into<String>,
+        reason: impl Into<String>,
+        location: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Self {
         DeadLetter {
             stage: stage.into(),
             kind: kind.into(),
@@ -585,25 +597,19 @@ impl DeadLetters {
 
     /// Counts appended entries into `lungfish_dead_letters_total{stage,kind}`: one
     /// increment per run of equal (stage, kind), so a batch of one stage costs one.
-    fn count(entries: impl IntoIterator<Item = impl std::ops::Deref<Target = DeadLetter>>) {
-        let mut run: Option<(String, String, u64)> = None;
-        let flush = |(stage, kind, n): (String, String, u64)| {
-            metrics::counter!("lungfish_dead_letters_total", "stage" => stage, "kind" => kind)
-                .increment(n);
-        };
-        for e in entries {
-            match &mut run {
-                Some((stage, kind, n)) if *stage == e.stage && *kind == e.kind => *n += 1,
-                _ => {
-                    if let Some(done) = run.take() {
-                        flush(done);
-                    }
-                    run = Some((e.stage.clone(), e.kind.clone(), 1));
-                }
+    fn count<'a>(entries: impl IntoIterator<Item = &'a DeadLetter>) {
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let mut n = 1;
+            while entries
+                .next_if(|e| e.stage == first.stage && e.kind == first.kind)
+                .is_some()
+            {
+                n += 1;
             }
-        }
-        if let Some(done) = run {
-            flush(done);
+            metrics::counter!("lungfish_dead_letters_total",
+                "stage" => first.stage.clone(), "kind" => first.kind.clone())
+            .increment(n);
         }
     }
 
@@ -615,17 +621,15 @@ impl DeadLetters {
     /// As [`Log::append`].
     pub fn append<'a>(
         &self,
-        entries: impl IntoIterator<Item = &'a DeadLetter>,
+        entries: impl IntoIterator<Item = &'a DeadLetter> + Clone,
         producer: Option<Producer>,
     ) -> Result<Appended, LogError> {
         let mut batch = BatchBuilder::new();
-        let mut appended = Vec::new();
-        for e in entries {
+        for e in entries.clone() {
             batch.push_with(|buf| e.encode(buf));
-            appended.push(e);
         }
         let done = self.log.append(0, &mut batch, producer)?;
-        Self::count(appended);
+        Self::count(entries);
         Ok(done)
     }
 

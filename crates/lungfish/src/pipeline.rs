@@ -44,13 +44,6 @@ use crate::window::{RowSchema, Windowing};
 
 /// How often consumers publish, and the committer commits, offsets.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
-/// Bytes a consumer's micro-batch holds at most (less with a small memory limit).
-const MAX_BATCH_BYTES: u64 = 8 << 20;
-/// Bytes a consumer reads from the log at a time.
-const READ_BYTES: usize = 1 << 20;
-/// ... and at most this many when an operator calls out (an `enrich`): its batches wait
-/// for the slowest call, so larger ones amortise the wait over more events.
-const CALLING_READ_BYTES: usize = 8 << 20;
 /// Bytes of input per file-source chunk.
 /// (Rejected lines cost memory beyond their bytes, so chunks stay small: at worst a
 /// chunk of one-byte lines makes 128 Ki rejects.)
@@ -104,27 +97,21 @@ pub struct Summary {
     pub memory: MemoryReport,
 }
 
-/// How a run used its `[pipeline] memory_limit` (see [`MemoryPlan`]), in bytes.
+/// How a run used its `[pipeline] memory_limit`, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryReport {
-    /// The limit.
-    pub limit: u64,
-    /// The shards' queues: the most held at once.
+    /// The limit and its shares.
+    pub plan: MemoryPlan,
+    /// The most bytes the shards' queues held at once.
     pub shard_queues_peak: u64,
-    /// The shards' queues' budget.
-    pub shard_queues: u64,
     /// Times a consumer waited for room in the shards' queues (backpressure in bytes).
     pub shard_queue_waits: u64,
-    /// The sinks' queues and batches: the most held at once.
+    /// The most bytes the sinks' queues and batches held at once.
     pub sink_queues_peak: u64,
     /// Times a shard waited for room in the sinks' queues.
     pub sink_queue_waits: u64,
-    /// The sinks' queues' budget.
-    pub sink_queues: u64,
-    /// Window state: the most held at once (measured, not refused).
+    /// The most bytes of window state held at once (measured, not refused).
     pub state_peak: u64,
-    /// Window state's share.
-    pub state: u64,
 }
 
 impl Summary {
@@ -368,18 +355,10 @@ impl Pipeline {
         operator_factories.extend(self.extra_operators.iter().cloned());
         let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
         let number_fields: Arc<[String]> = number_fields.into();
-        // Operators that wait on outside calls read larger chunks: at most an eighth of
-        // the memory limit over all partitions (on top of the MemoryPlan's shares).
         let calls_out = cfg
             .operators
             .iter()
             .any(|o| matches!(o.config, OperatorConfig::Enrich(_)));
-        let read_bytes = if calls_out {
-            ((p.memory_limit / 8 / u64::from(partitions)) as usize)
-                .clamp(READ_BYTES, CALLING_READ_BYTES)
-        } else {
-            READ_BYTES
-        };
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {
             let chain = (!operator_factories.is_empty()).then(|| {
@@ -395,7 +374,7 @@ impl Pipeline {
                     .unwrap_or(i64::MAX),
                 batch_max_events: p.batch_max_events,
                 batch_max_age: p.batch_max_age,
-                read_bytes,
+                read_bytes: memory.read_bytes(partitions, calls_out),
                 windowing,
                 fields_id: ingestor.fields_id(),
                 extractor: ingestor.extractor().clone(),
@@ -403,9 +382,7 @@ impl Pipeline {
                 commit_interval: COMMIT_INTERVAL,
                 number_fields: number_fields.clone(),
                 queue_budget: shard_queue_budget.clone(),
-                // A consumer's batch in the making is a share of the shards' queue bytes.
-                max_batch_bytes: (memory.shard_queues / (2 * u64::from(partitions)))
-                    .clamp(256 << 10, MAX_BATCH_BYTES) as usize,
+                max_batch_bytes: memory.consumer_batch_bytes(partitions),
             };
             let consumer = Consumer::new(
                 part,
@@ -620,15 +597,12 @@ impl Pipeline {
                 && stats.sources_done.load(Ordering::SeqCst)
                 && !control.is_stopping(),
             memory: MemoryReport {
-                limit: p.memory_limit,
+                plan: memory,
                 shard_queues_peak: shard_queue_budget.peak(),
-                shard_queues: shard_queue_budget.capacity(),
                 shard_queue_waits: shard_queue_budget.waits(),
                 sink_queues_peak: sink_queue_budget.peak(),
                 sink_queue_waits: sink_queue_budget.waits(),
-                sink_queues: sink_queue_budget.capacity(),
                 state_peak: state_bytes.peak(),
-                state: memory.state,
             },
         })
     }

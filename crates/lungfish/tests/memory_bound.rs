@@ -110,13 +110,13 @@ const EVENTS: u64 = 400_000;
 fn a_stalled_sink_fills_the_queues_to_their_byte_budgets_and_no_further() {
     const TIGHT: u64 = 16 << 20;
     let (m, steady, stalled) = run(TIGHT);
-    let plan = MemoryPlan::new(TIGHT, 0);
+    assert_eq!(m.plan, MemoryPlan::new(TIGHT, 0));
     assert_eq!(
-        (m.limit, m.shard_queues, m.sink_queues),
-        (TIGHT, plan.shard_queues, plan.sink_queues)
+        (m.plan.limit, m.plan.shard_queues, m.plan.sink_queues),
+        (TIGHT, TIGHT / 8, TIGHT / 8)
     );
     assert!(
-        m.shard_queues_peak <= m.shard_queues && m.sink_queues_peak <= m.sink_queues,
+        m.shard_queues_peak <= m.plan.shard_queues && m.sink_queues_peak <= m.plan.sink_queues,
         "the queues stay within their byte budgets: {m:?}"
     );
     assert!(
@@ -135,7 +135,7 @@ fn a_stalled_sink_fills_the_queues_to_their_byte_budgets_and_no_further() {
     // more than the tight budget: the byte budget, not the message count, held above.
     let (roomy, steady_roomy, _) = run(1 << 30);
     assert!(
-        roomy.shard_queues_peak > m.shard_queues,
+        roomy.shard_queues_peak > m.plan.shard_queues,
         "a 1GiB limit queues more than the 16MiB one allows: {roomy:?} vs {m:?}"
     );
     assert_eq!(steady_roomy, steady, "same results under either limit");

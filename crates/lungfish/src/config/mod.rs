@@ -602,8 +602,15 @@ impl Default for ProcessingConfig {
 /// * half for window state (open windows' keys and aggregates), which grows with the
 ///   keys in the open windows: it is measured (`lungfish_state_bytes`) and a warning
 ///   says when it goes over its half, but it is not refused.
+///
+/// The plan also sizes what the consumers hold: a micro-batch in the making is cut at a
+/// share of the shards' queue bytes ([`consumer_batch_bytes`](Self::consumer_batch_bytes)),
+/// and the log is read in chunks of [`read_bytes`](Self::read_bytes), which come on top
+/// of the shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
+    /// The limit shared out.
+    pub limit: u64,
     /// In-flight request bytes of each HTTP source.
     pub http_per_source: u64,
     /// Bytes of micro-batches in the shards' queues, all consumers together.
@@ -618,10 +625,30 @@ impl MemoryPlan {
     /// The plan for `memory_limit` bytes with `http_sources` HTTP sources.
     pub fn new(memory_limit: u64, http_sources: usize) -> Self {
         MemoryPlan {
+            limit: memory_limit,
             http_per_source: memory_limit / 4 / http_sources.max(1) as u64,
             shard_queues: memory_limit / 8,
             sink_queues: memory_limit / 8,
             state: memory_limit / 2,
+        }
+    }
+
+    /// Bytes at which each of `partitions` consumers cuts its micro-batch in the making:
+    /// half the shards' queue bytes shared by the consumers, between 256KiB and 8MiB.
+    pub fn consumer_batch_bytes(&self, partitions: u32) -> usize {
+        (self.shard_queues / (2 * u64::from(partitions.max(1)))).clamp(256 << 10, 8 << 20) as usize
+    }
+
+    /// Bytes each of `partitions` consumers reads from the log at a time: 1MiB, or, when
+    /// an operator waits on outside calls (`calls_out`: an `enrich`, whose batches wait
+    /// for their slowest call, so larger ones spread the wait over more events), an
+    /// eighth of the limit shared by the consumers, between 1MiB and 8MiB.
+    pub fn read_bytes(&self, partitions: u32, calls_out: bool) -> usize {
+        const READ: u64 = 1 << 20;
+        if calls_out {
+            (self.limit / 8 / u64::from(partitions.max(1))).clamp(READ, 8 << 20) as usize
+        } else {
+            READ as usize
         }
     }
 }
