@@ -185,6 +185,10 @@ async fn serve(shared: Arc<Shared>) -> Result<(), SourceError> {
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut lag_checked = Instant::now() - Duration::from_secs(1);
+    // Once the pipeline stops: until when running requests may finish. Connections are
+    // still accepted meanwhile, so new requests get their 503 (`shutting_down`) rather
+    // than waiting unanswered in the listen backlog.
+    let mut drain_until: Option<Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -211,21 +215,20 @@ async fn serve(shared: Arc<Shared>) -> Result<(), SourceError> {
                 }
             }
             _ = tick.tick() => {
-                if shared.ctx.control.is_stopping() {
-                    break;
-                }
-                if lag_checked.elapsed() >= Duration::from_millis(100) {
+                if let Some(until) = drain_until {
+                    if shared.requests_running.load(Ordering::SeqCst) == 0 || Instant::now() >= until {
+                        break;
+                    }
+                } else if shared.ctx.control.is_stopping() {
+                    // Draining: new requests get 503 while running ones finish.
+                    shared.draining.store(true, Ordering::SeqCst);
+                    drain_until = Some(Instant::now() + shared.config.ack_timeout + Duration::from_secs(1));
+                } else if lag_checked.elapsed() >= Duration::from_millis(100) {
                     lag_checked = Instant::now();
                     update_lag(&shared);
                 }
             }
         }
-    }
-    // Draining: new requests get 503 while running ones finish.
-    shared.draining.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + shared.config.ack_timeout + Duration::from_secs(1);
-    while shared.requests_running.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(listener);
     let _ = closing_tx.send(true);
