@@ -178,6 +178,11 @@ impl Lease {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// True if the lease holds bytes of a budget (false for the default lease).
+    pub fn is_held(&self) -> bool {
+        self.budget.is_some()
+    }
 }
 
 impl Clone for Lease {

@@ -32,6 +32,7 @@
 //! `P` and the queue's own last position for this partition); the rest is processed as
 //! new. The final state equals that of an uninterrupted run.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,13 +106,14 @@ pub fn late_producer_id(name: &str, partition: u32) -> u64 {
 }
 
 /// A partition's commit state: the offset and its encoded [`ReplayState`].
-type CommitState = (u64, Vec<u8>);
+pub type CommitState = (u64, Vec<u8>);
 
-/// Gathers the commit states consumers publish and commits them together.
+/// Gathers the commit states consumers publish and commits them together: to the
+/// embedded log ([`Committer::new`]), or through whoever calls
+/// [`Committer::changed`] (a Kafka group, [`Committer::external`]).
 #[derive(Debug)]
 pub struct Committer {
-    log: Log,
-    name: String,
+    log: Option<(Log, String)>,
     slots: Vec<Mutex<Option<CommitState>>>,
     committed: Mutex<Vec<Option<CommitState>>>,
 }
@@ -119,10 +121,17 @@ pub struct Committer {
 impl Committer {
     /// A committer of consumer `name`'s offsets in `log`.
     pub fn new(log: Log, name: &str) -> Self {
-        let n = log.partitions() as usize;
+        let mut c = Committer::external(log.partitions());
+        c.log = Some((log, name.to_owned()));
+        c
+    }
+
+    /// A committer of `partitions` partitions whose commits someone else makes, with
+    /// [`changed`](Self::changed) and [`mark_committed`](Self::mark_committed).
+    pub fn external(partitions: u32) -> Self {
+        let n = partitions as usize;
         Committer {
-            log,
-            name: name.to_owned(),
+            log: None,
             slots: (0..n).map(|_| Mutex::new(None)).collect(),
             committed: Mutex::new(vec![None; n]),
         }
@@ -132,12 +141,21 @@ impl Committer {
         *self.slots[partition as usize].lock().unwrap() = Some((offset, metadata));
     }
 
-    /// Commits every partition whose published state changed since the last commit.
-    ///
-    /// # Errors
-    /// As [`Log::commit`].
-    pub fn commit(&self) -> Result<usize, LogError> {
-        let mut committed = self.committed.lock().unwrap();
+    /// The state last published for `partition`, committed or not.
+    pub fn published(&self, partition: u32) -> Option<CommitState> {
+        self.slots[partition as usize].lock().unwrap().clone()
+    }
+
+    /// Forgets `partition`'s published and committed state (its partition moved to
+    /// another instance: nothing more is committed for it from here).
+    pub fn forget(&self, partition: u32) {
+        *self.slots[partition as usize].lock().unwrap() = None;
+        self.committed.lock().unwrap()[partition as usize] = None;
+    }
+
+    /// The partitions whose published state changed since it was last committed.
+    pub fn changed(&self) -> Vec<(u32, CommitState)> {
+        let committed = self.committed.lock().unwrap();
         let mut entries = Vec::new();
         for (p, slot) in self.slots.iter().enumerate() {
             if let Some(state) = slot.lock().unwrap().clone()
@@ -146,6 +164,27 @@ impl Committer {
                 entries.push((p as u32, state));
             }
         }
+        entries
+    }
+
+    /// Records that `entries` are committed.
+    pub fn mark_committed(&self, entries: Vec<(u32, CommitState)>) {
+        let mut committed = self.committed.lock().unwrap();
+        for (p, state) in entries {
+            committed[p as usize] = Some(state);
+        }
+    }
+
+    /// Commits every partition whose published state changed since the last commit
+    /// to the log (nothing for an [`external`](Self::external) committer).
+    ///
+    /// # Errors
+    /// As [`Log::commit`].
+    pub fn commit(&self) -> Result<usize, LogError> {
+        let Some((log, name)) = &self.log else {
+            return Ok(0);
+        };
+        let entries = self.changed();
         if entries.is_empty() {
             return Ok(0);
         }
@@ -157,11 +196,9 @@ impl Committer {
                 metadata: meta,
             })
             .collect();
-        self.log.commit(&self.name, &commits)?;
+        log.commit(name, &commits)?;
         let n = entries.len();
-        for (p, state) in entries {
-            committed[p as usize] = Some(state);
-        }
+        self.mark_committed(entries);
         Ok(n)
     }
 
@@ -206,6 +243,35 @@ pub struct ConsumerSettings {
     pub max_batch_bytes: usize,
 }
 
+/// Where a consumer's records come from; dead letters name the place.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A partition of the embedded log (the consumer's partition number).
+    Log,
+    /// A Kafka topic's partition.
+    Kafka {
+        /// The topic.
+        topic: Arc<str>,
+        /// The partition, as Kafka numbers it.
+        partition: i32,
+    },
+}
+
+/// One record as a consumer reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordRef<'r> {
+    /// A record of the embedded log (an encoded [`EventRef`]).
+    Log(&'r [u8]),
+    /// A message of a Kafka topic: the original JSON, and the message's key, which
+    /// becomes the event's key when present (else the JSON's key field does).
+    Message {
+        /// The message key.
+        key: Option<&'r [u8]>,
+        /// The message value.
+        payload: &'r [u8],
+    },
+}
+
 #[derive(Debug, Clone, Copy)]
 struct OpenWindow {
     start: i64,
@@ -216,7 +282,9 @@ struct OpenWindow {
 /// One partition's consumer.
 pub struct Consumer {
     partition: u32,
-    log: Log,
+    /// The log read by [`run`](Self::run); `None` when someone else feeds the records.
+    log: Option<Log>,
+    origin: Origin,
     dead_letters: DeadLetters,
     settings: ConsumerSettings,
     shards: Vec<Sender<ShardMsg>>,
@@ -253,6 +321,11 @@ pub struct Consumer {
     last_published: Option<u64>,
     last_publish_at: Instant,
     start_offset: u64,
+    /// Messages for the shards not sent yet, in order (shard, message).
+    outbox: VecDeque<(usize, ShardMsg)>,
+    /// Wait for room in the shards' queues (a thread of its own), or leave what does
+    /// not fit in the outbox for later (a poll loop that must not block).
+    blocking: bool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -297,14 +370,49 @@ impl Consumer {
             }
             None => (0, ReplayState::INITIAL),
         };
+        let mut consumer = Consumer::resuming(
+            partition,
+            Origin::Log,
+            start,
+            restored,
+            dead_letters,
+            settings,
+            shards,
+            control,
+            committer,
+            chain,
+        );
+        consumer.log = Some(log);
+        consumer.blocking = true;
+        Ok(consumer)
+    }
+
+    /// A consumer of `partition` fed by someone else (see
+    /// [`process_records`](Self::process_records)), resuming at `start` with `restored`
+    /// (what was committed with that offset). It never blocks: what does not fit in
+    /// the shards' queues waits in its outbox ([`send_outbox`](Self::send_outbox)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resuming(
+        partition: u32,
+        origin: Origin,
+        start: u64,
+        restored: ReplayState,
+        dead_letters: DeadLetters,
+        settings: ConsumerSettings,
+        shards: Vec<Sender<ShardMsg>>,
+        control: Arc<Control>,
+        committer: Arc<Committer>,
+        chain: Option<OperatorChain>,
+    ) -> Self {
         let late_pid = late_producer_id(&settings.name, partition);
         let late_seq = dead_letters.producer_seq(late_pid).unwrap_or(0);
         let shard_count = shards.len();
         let per_shard = settings.batch_max_events / shard_count.max(1) + 16;
         let numbers = vec![0.0; settings.extractor.fields().numbers.len()];
-        Ok(Consumer {
+        Consumer {
             partition,
-            log,
+            log: None,
+            origin,
             dead_letters,
             shards,
             control,
@@ -334,8 +442,10 @@ impl Consumer {
             last_published: None,
             last_publish_at: Instant::now(),
             start_offset: start,
+            outbox: VecDeque::new(),
+            blocking: false,
             settings,
-        })
+        }
     }
 
     /// The offset the consumer starts from.
@@ -352,7 +462,11 @@ impl Consumer {
     }
 
     fn run_inner(&mut self) -> Result<(), LogError> {
-        let mut reader: PartitionReader = self.log.reader(self.partition, self.through)?;
+        let log = self
+            .log
+            .clone()
+            .expect("run needs a log: built with Consumer::new");
+        let mut reader: PartitionReader = log.reader(self.partition, self.through)?;
         loop {
             if self.control.is_aborting() {
                 return Ok(());
@@ -367,7 +481,7 @@ impl Consumer {
                     self.flush(false);
                 }
                 if self.control.stats.sources_done.load(Ordering::SeqCst)
-                    && reader.position() >= self.log.end_offset(self.partition)
+                    && reader.position() >= log.end_offset(self.partition)
                 {
                     // All input is in and processed: every window can close.
                     self.flush(true);
@@ -385,19 +499,44 @@ impl Consumer {
                 reader.wait(wait.min(Duration::from_millis(50)));
                 continue;
             }
-            if self.chain.is_some() {
-                self.process_with_operators(&chunk);
-            } else {
-                for (offset, record) in chunk.records() {
-                    self.process(offset, record);
-                    self.flush_if_full();
-                }
-            }
+            self.process_records(
+                chunk.records().map(|(o, r)| (o, RecordRef::Log(r))),
+                chunk.record_count() as usize,
+            );
             if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
                 self.flush(false);
             }
             self.maybe_publish();
         }
+    }
+
+    /// For a consumer fed by someone else, between records: cuts the micro-batch if it
+    /// is `batch_max_age` old, sends what the shards have room for, and publishes the
+    /// latest completed checkpoint every `commit_interval`.
+    pub fn tick(&mut self) {
+        if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
+            self.cut(false);
+        }
+        self.send_outbox();
+        self.maybe_publish();
+    }
+
+    /// The next offset to process (every record before it has been).
+    pub fn position(&self) -> u64 {
+        self.through
+    }
+
+    /// Ends a consumer fed by someone else: cuts the micro-batch (closing every window
+    /// if `close_all`, the input being finished), waits for room to send it, then for
+    /// its checkpoint to complete, and publishes it. Returns at once if the pipeline
+    /// aborts.
+    ///
+    /// # Errors
+    /// The dead-letter queue failed.
+    pub fn close(&mut self, close_all: bool) -> Result<(), LogError> {
+        self.blocking = true;
+        self.flush(close_all);
+        self.finish()
     }
 
     /// True if the current micro-batch holds anything (events or dead letters).
@@ -427,8 +566,26 @@ impl Consumer {
         }
     }
 
+    /// Processes `records` (in offset order; about `count` of them): through the
+    /// operators if there are any, then routed to the shards in micro-batches, which are
+    /// cut as they fill.
+    pub fn process_records<'r>(
+        &mut self,
+        records: impl Iterator<Item = (u64, RecordRef<'r>)>,
+        count: usize,
+    ) {
+        if self.chain.is_some() {
+            self.process_with_operators(records, count);
+        } else {
+            for (offset, record) in records {
+                self.process(offset, record);
+                self.flush_if_full();
+            }
+        }
+    }
+
     #[inline]
-    fn process(&mut self, offset: u64, record: &[u8]) {
+    fn process(&mut self, offset: u64, record: RecordRef<'_>) {
         self.through = offset + 1;
         self.processed_since_flush += 1;
         match self.decode(record) {
@@ -449,13 +606,17 @@ impl Consumer {
     /// up front; a failed event's entry takes its failure's reason without a copy, and
     /// the entries of a chunk share one clock reading (they go to the queue with the
     /// micro-batch, in one append).
-    fn process_with_operators(&mut self, chunk: &lungfish_log::Chunk<'_>) {
+    fn process_with_operators<'r>(
+        &mut self,
+        records: impl Iterator<Item = (u64, RecordRef<'r>)>,
+        count: usize,
+    ) {
         let fields = self.settings.number_fields.clone();
         let mut chain = self.chain.take().expect("called with operators");
-        let mut batch: OperatorBatch<'_> = chain.batch(&fields, chunk.record_count() as usize);
+        let mut batch: OperatorBatch<'_> = chain.batch(&fields, count);
         // Records that could not be decoded (rare), with their offsets, in order.
         let mut bad: Vec<(u64, &'static str, String, &[u8])> = Vec::new();
-        for (offset, record) in chunk.records() {
+        for (offset, record) in records {
             match self.decode(record) {
                 Ok((key, ts, raw)) => batch.push(
                     EventSlot {
@@ -507,25 +668,19 @@ impl Consumer {
                         let Verdict::Failed(f) = batch.take_verdict(i) else {
                             unreachable!("matched above")
                         };
-                        let mut location = String::with_capacity(48);
-                        location.push_str("log partition ");
-                        location.push_str(ints.format(self.partition));
-                        location.push_str(" offset ");
-                        location.push_str(ints.format(offset));
-                        self.late.push((
-                            offset,
-                            DeadLetter::failed_on(
-                                now,
-                                chain.stage(by),
-                                f.kind,
-                                f.reason,
-                                location,
-                                raw.to_vec(),
-                            )
-                            .from_log(self.partition, offset)
-                            .with_attempts(attempts)
-                            .first_failed_at(first),
-                        ));
+                        let location = self.location(offset, &mut ints);
+                        let entry = DeadLetter::failed_on(
+                            now,
+                            chain.stage(by),
+                            f.kind,
+                            f.reason,
+                            location,
+                            raw.to_vec(),
+                        )
+                        .with_attempts(attempts)
+                        .first_failed_at(first);
+                        let entry = self.positioned(entry, offset);
+                        self.late.push((offset, entry));
                     }
                 }
             }
@@ -541,8 +696,12 @@ impl Consumer {
     #[inline]
     fn decode<'r>(
         &mut self,
-        record: &'r [u8],
+        record: RecordRef<'r>,
     ) -> Result<(std::borrow::Cow<'r, [u8]>, i64, &'r [u8]), (&'static str, String, &'r [u8])> {
+        let record = match record {
+            RecordRef::Log(record) => record,
+            RecordRef::Message { key, payload } => return self.decode_message(key, payload),
+        };
         let event = match EventRef::decode(record) {
             Ok(e) => e,
             Err(e) => return Err(("undecodable", e.to_string(), record)),
@@ -573,6 +732,77 @@ impl Consumer {
         Ok((key, ts, event.raw))
     }
 
+    /// Decodes a message's JSON; its key, if it has one, is the event's key.
+    #[allow(clippy::type_complexity)]
+    #[inline]
+    fn decode_message<'r>(
+        &mut self,
+        key: Option<&'r [u8]>,
+        payload: &'r [u8],
+    ) -> Result<(std::borrow::Cow<'r, [u8]>, i64, &'r [u8]), (&'static str, String, &'r [u8])> {
+        let extractor = &self.settings.extractor;
+        let extracted = match key {
+            Some(_) => extractor.extract_key_optional(payload, &mut self.numbers),
+            None => extractor.extract(payload, &mut self.numbers),
+        };
+        let x = match extracted {
+            Ok(x) => x,
+            Err(r) => {
+                let reason = match (key, &r) {
+                    (None, crate::codec::json::Reject::MissingField { field })
+                        if *field == extractor.fields().key =>
+                    {
+                        format!("{r}, and the message has no key")
+                    }
+                    _ => r.to_string(),
+                };
+                return Err((r.kind(), reason, payload));
+            }
+        };
+        let key = match (key, x.key) {
+            (Some(k), _) => std::borrow::Cow::Borrowed(k),
+            (None, std::borrow::Cow::Borrowed(k)) => std::borrow::Cow::Borrowed(k.as_bytes()),
+            (None, std::borrow::Cow::Owned(k)) => std::borrow::Cow::Owned(k.into_bytes()),
+        };
+        if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&x.ts) {
+            let reason = format!(
+                "event time {} is outside the supported range of ±{MAX_EVENT_TIME} ms",
+                x.ts
+            );
+            return Err(("out_of_range", reason, payload));
+        }
+        Ok((key, x.ts, payload))
+    }
+
+    /// Where the record at `offset` is, for a dead letter.
+    fn location(&self, offset: u64, ints: &mut itoa::Buffer) -> String {
+        let mut location = String::with_capacity(64);
+        match &self.origin {
+            Origin::Log => {
+                location.push_str("log partition ");
+                location.push_str(ints.format(self.partition));
+            }
+            Origin::Kafka { topic, partition } => {
+                location.push_str("kafka topic ");
+                location.push_str(topic);
+                location.push_str(" partition ");
+                location.push_str(ints.format(*partition));
+            }
+        }
+        location.push_str(" offset ");
+        location.push_str(ints.format(offset));
+        location
+    }
+
+    /// `entry` with its position in the log, when it came from the log (the queue's
+    /// replay writes it back there).
+    fn positioned(&self, entry: DeadLetter, offset: u64) -> DeadLetter {
+        match self.origin {
+            Origin::Log => entry.from_log(self.partition, offset),
+            Origin::Kafka { .. } => entry,
+        }
+    }
+
     /// Routes a decoded event: late to the dead-letter queue, else to its key's shard.
     #[inline]
     fn route(&mut self, offset: u64, key: &[u8], ts: i64, numbers: &[f64], raw: &[u8]) {
@@ -601,17 +831,10 @@ impl Consumer {
                     )
                 };
                 self.note_item(raw.len() + 256);
-                self.late.push((
-                    offset,
-                    DeadLetter::new(
-                        "window",
-                        "late",
-                        reason,
-                        format!("log partition {} offset {offset}", self.partition),
-                        raw.to_vec(),
-                    )
-                    .from_log(self.partition, offset),
-                ));
+                let location = self.location(offset, &mut itoa::Buffer::new());
+                let entry = DeadLetter::new("window", "late", reason, location, raw.to_vec());
+                let entry = self.positioned(entry, offset);
+                self.late.push((offset, entry));
             }
         } else {
             let hash = key_hash(key);
@@ -643,41 +866,112 @@ impl Consumer {
             return;
         }
         self.note_item(payload.len() + 256);
-        self.late.push((
-            offset,
-            DeadLetter::new(
-                "consumer",
-                kind,
-                reason,
-                format!("log partition {} offset {offset}", self.partition),
-                payload.to_vec(),
-            )
-            .from_log(self.partition, offset),
-        ));
+        let location = self.location(offset, &mut itoa::Buffer::new());
+        let entry = DeadLetter::new("consumer", kind, reason, location, payload.to_vec());
+        let entry = self.positioned(entry, offset);
+        self.late.push((offset, entry));
     }
 
-    /// Sends the micro-batch and its marker. With `close_all`, the marker closes every
+    /// Cuts the micro-batch and its marker and sends them (see
+    /// [`send_outbox`](Self::send_outbox)). With `close_all`, the marker closes every
     /// window (the input is finished).
-    fn flush(&mut self, close_all: bool) {
+    pub fn flush(&mut self, close_all: bool) {
+        self.cut(close_all);
+        self.send_outbox();
+    }
+
+    /// True if messages for the shards wait in the outbox (the shards' queues were
+    /// full): the caller should not give this consumer more records until
+    /// [`send_outbox`](Self::send_outbox) has sent them.
+    pub fn is_backed_up(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Sends what waits in the outbox to the shards, in order. A blocking consumer
+    /// waits for room (backpressure); otherwise sending stops at the first full queue
+    /// and the rest waits for the next call. Returns true if the outbox is empty.
+    pub fn send_outbox(&mut self) -> bool {
+        while let Some((s, msg)) = self.outbox.pop_front() {
+            let msg = match msg {
+                ShardMsg::Events(mut batch) if !batch.lease.is_held() => {
+                    // Room in the shards' queue bytes (backpressure in bytes).
+                    let budget = &self.settings.queue_budget;
+                    let lease = if self.blocking {
+                        budget.acquire_patiently(batch.heap_bytes(), &self.control)
+                    } else {
+                        budget.try_acquire(batch.heap_bytes())
+                    };
+                    match lease {
+                        Some(lease) => batch.lease = lease,
+                        None => {
+                            self.outbox.push_front((s, ShardMsg::Events(batch)));
+                            return false;
+                        }
+                    }
+                    ShardMsg::Events(batch)
+                }
+                other => other,
+            };
+            if self.blocking {
+                if !send_patiently(&self.shards[s], msg, &self.control) {
+                    // Aborting: nothing more will be sent.
+                    self.outbox.clear();
+                    return false;
+                }
+            } else {
+                match self.shards[s].try_send(msg) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(msg)) => {
+                        self.outbox.push_front((s, msg));
+                        return false;
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        self.control.abort("a pipeline stage stopped unexpectedly");
+                        self.outbox.clear();
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Gives up this consumer's partition (it moved to another instance): what was not
+    /// sent is dropped, and every shard is told to drop the partition's open windows
+    /// once it has what was sent before. The outbox then holds only those notices.
+    pub fn abandon(&mut self) {
+        self.outbox.clear();
+        for batch in &mut self.batches {
+            *batch = batch_with_capacity(self.partition, 0);
+        }
+        self.late.clear();
+        self.pending = 0;
+        self.batch_bytes = 0;
+        self.batch_started = None;
+        for s in 0..self.shards.len() {
+            self.outbox.push_back((s, ShardMsg::Forget(self.partition)));
+        }
+    }
+
+    /// Takes over `other`'s unsent messages, ahead of this consumer's own (a partition
+    /// given back before the notices of its abandonment were all sent).
+    pub fn inherit_outbox(&mut self, other: Consumer) {
+        let mut outbox = other.outbox;
+        outbox.append(&mut self.outbox);
+        self.outbox = outbox;
+    }
+
+    /// Moves the micro-batch into the outbox, appends its dead letters, and puts a
+    /// checkpoint marker behind it for every shard.
+    fn cut(&mut self, close_all: bool) {
         let partition = self.partition;
         let per_shard = self.settings.batch_max_events / self.batches.len().max(1) + 16;
         for (s, batch) in self.batches.iter_mut().enumerate() {
             if batch.is_empty() {
                 continue;
             }
-            let mut full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
-            // Wait for room in the shards' queue bytes (backpressure in bytes).
-            match self
-                .settings
-                .queue_budget
-                .acquire_patiently(full.heap_bytes(), &self.control)
-            {
-                Some(lease) => full.lease = lease,
-                None => return,
-            }
-            if !send_patiently(&self.shards[s], ShardMsg::Events(full), &self.control) {
-                return;
-            }
+            let full = std::mem::replace(batch, batch_with_capacity(partition, per_shard));
+            self.outbox.push_back((s, ShardMsg::Events(full)));
         }
         let wrote_dead_letters = !self.late.is_empty();
         if wrote_dead_letters {
@@ -732,7 +1026,7 @@ impl Consumer {
         }
         self.last_marker = Some((self.through, watermark));
         self.checkpoint_seq += 1;
-        let cp = Checkpoint::new(
+        let cp: Arc<Checkpoint> = Checkpoint::new(
             partition,
             self.checkpoint_seq,
             self.through,
@@ -743,10 +1037,8 @@ impl Consumer {
             self.settings.paths,
             self.progress.clone(),
         );
-        for tx in &self.shards {
-            if !send_patiently(tx, ShardMsg::Marker(cp.clone()), &self.control) {
-                return;
-            }
+        for s in 0..self.shards.len() {
+            self.outbox.push_back((s, ShardMsg::Marker(cp.clone())));
         }
         self.last_checkpoint = Some(cp);
     }

@@ -19,7 +19,7 @@
 //! itself ([`lungfish_log`]).
 
 #![warn(missing_docs)]
-#![deny(unsafe_code)] // allowed in one place only: `prefetch`
+#![deny(unsafe_code)] // allowed in two places only: `prefetch`, and a librdkafka call in `kafka`
 
 pub mod breaker;
 pub mod budget;
@@ -37,6 +37,8 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ingest;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod limiter;
 pub mod operator;
 pub mod pipeline;

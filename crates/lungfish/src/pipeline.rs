@@ -40,6 +40,7 @@ use crate::sinks::{DriverSettings, Sink, SinkDriver, SinkError};
 use crate::sources::file::{FileSource, pinned_files};
 use crate::sources::generator::GeneratorSource;
 use crate::sources::{ChunkSource, SourceContext, SourceReport, run_source};
+#[allow(unused_imports)] // without the kafka feature
 use crate::window::{RowSchema, Windowing};
 
 /// How often consumers publish, and the committer commits, offsets.
@@ -95,6 +96,9 @@ pub struct Summary {
     pub complete: bool,
     /// How the memory limit was used.
     pub memory: MemoryReport,
+    /// What the Kafka source did, for a pipeline reading Kafka.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<crate::kafka::KafkaReport>,
 }
 
 /// How a run used its `[pipeline] memory_limit`, in bytes.
@@ -192,6 +196,13 @@ impl Pipeline {
     /// says which and why). Whatever was committed before stays committed: running
     /// again resumes from there.
     pub fn run(self, control: Arc<Control>) -> Result<Summary, Error> {
+        #[cfg(feature = "kafka")]
+        if let Some(source) = self.config.sources.iter().find_map(|s| match &s.config {
+            SourceConfig::Kafka(k) => Some((s.name.clone(), k.clone())),
+            _ => None,
+        }) {
+            return self.run_kafka(control, source);
+        }
         let started = Instant::now();
         let cfg = self.config;
         let p = &cfg.pipeline;
@@ -216,88 +227,8 @@ impl Pipeline {
         let windowing = Windowing::new(&p.window);
         let shard_count = if p.shards == 0 { cores() } else { p.shards };
 
-        // Sinks, opened before anything runs so a bad one fails fast.
-        let mut sinks: Vec<(String, Box<dyn Sink>, DriverSettings)> = Vec::new();
-        for s in &cfg.sinks {
-            let (sink, settings): (Box<dyn Sink>, DriverSettings) = match &s.config {
-                SinkConfig::Sqlite(c) => (
-                    Box::new(SqliteSink::new(c)),
-                    DriverSettings {
-                        batch_max_rows: c.batch_max_rows,
-                        batch_max_age: c.batch_max_age,
-                        ..DriverSettings::default()
-                    },
-                ),
-                SinkConfig::File(c) => (
-                    Box::new(FileSink::new(c)),
-                    DriverSettings {
-                        batch_max_rows: c.batch_max_rows,
-                        batch_max_age: c.batch_max_age,
-                        ..DriverSettings::default()
-                    },
-                ),
-                SinkConfig::Stdout => (Box::new(StdoutSink::default()), DriverSettings::default()),
-                #[cfg(feature = "postgres")]
-                SinkConfig::Postgres(c) => (
-                    Box::new(
-                        crate::sinks::postgres::PostgresSink::new(&cfg.name, c).named(&s.name),
-                    ),
-                    database_settings(c),
-                ),
-                #[cfg(feature = "clickhouse")]
-                SinkConfig::ClickHouse(c) => (
-                    Box::new(crate::sinks::clickhouse::ClickHouseSink::new(c)),
-                    database_settings(c),
-                ),
-                #[allow(unreachable_patterns)]
-                other => {
-                    return Err(Error::Sink {
-                        name: s.name.clone(),
-                        error: SinkError::permanent(format!(
-                            "this build of lungfish has no {} sink (cargo feature `{}`)",
-                            other.type_name(),
-                            other.type_name()
-                        )),
-                    });
-                }
-            };
-            let sink: Box<dyn Sink> = match s.config.write_behind() {
-                Some(max_bytes) => {
-                    let spool = cfg.data_dir.join("spool").join(&s.name);
-                    // Rows the store refuses are dead-lettered beside the spool.
-                    let refused = DeadLetters::open(spool.join("dlq"), fsync)?;
-                    let settings = WriteBehindSettings {
-                        max_bytes,
-                        retry: settings,
-                        ..WriteBehindSettings::default()
-                    };
-                    Box::new(
-                        WriteBehind::new(&s.name, sink, spool, settings).with_dead_letters(refused),
-                    )
-                }
-                None => sink,
-            };
-            sinks.push((s.name.clone(), sink, settings));
-        }
-        sinks.extend(self.extra_sinks);
-        for (name, sink, _) in &mut sinks {
-            sink.open(&schema).map_err(|error| Error::Sink {
-                name: name.clone(),
-                error,
-            })?;
-        }
-        let mut descriptions = Vec::new();
-        let (mut sink_txs, mut sink_threads) = (Vec::new(), Vec::new());
-        for (name, sink, settings) in sinks {
-            descriptions.push((name.clone(), sink.describe(), sink.query_hint()));
-            let (tx, rx) = bounded::<SinkMsg>(CHANNEL_MESSAGES);
-            sink_txs.push(tx);
-            let driver = SinkDriver::new(&name, sink, settings, control.clone())
-                .with_dead_letters(dead_letters.clone());
-            sink_threads.push(spawn(&format!("lungfish-sink-{name}"), move || {
-                driver.run(rx)
-            }));
-        }
+        let started_sinks = start_sinks(&cfg, self.extra_sinks, &schema, &dead_letters, &control)?;
+        let sink_txs = started_sinks.txs.clone();
         let paths = shard_count * sink_txs.len();
 
         let http_sources = cfg
@@ -306,27 +237,16 @@ impl Pipeline {
             .filter(|s| matches!(s.config, SourceConfig::Http(_)))
             .count();
         let memory = MemoryPlan::new(p.memory_limit, http_sources);
-        let shard_queue_budget = ByteBudget::for_stage(memory.shard_queues, "shards");
-        let sink_queue_budget = ByteBudget::for_stage(memory.sink_queues, "sinks");
-        let state_bytes = Arc::new(StateBytes::default());
-        let (mut shard_txs, mut shard_threads) = (Vec::new(), Vec::new());
-        for s in 0..shard_count {
-            let (tx, rx) = bounded::<ShardMsg>(CHANNEL_MESSAGES);
-            shard_txs.push(tx);
-            let shard = Shard::new(
-                s,
-                windowing,
-                schema.clone(),
-                partitions,
-                sink_txs.clone(),
-                control.clone(),
-                sink_queue_budget.clone(),
-                memory.state / shard_count as u64,
-                state_bytes.clone(),
-            );
-            shard_threads.push(spawn(&format!("lungfish-shard-{s}"), move || shard.run(rx)));
-        }
-        drop(sink_txs);
+        let shards = start_shards(
+            &cfg,
+            &memory,
+            shard_count,
+            partitions,
+            &schema,
+            sink_txs,
+            &control,
+        );
+        let shard_txs = shards.txs.clone();
 
         let ingestor = Arc::new(Ingestor::new(
             fields,
@@ -381,7 +301,7 @@ impl Pipeline {
                 paths,
                 commit_interval: COMMIT_INTERVAL,
                 number_fields: number_fields.clone(),
-                queue_budget: shard_queue_budget.clone(),
+                queue_budget: shards.shard_queue_budget.clone(),
                 max_batch_bytes: memory.consumer_batch_bytes(partitions),
             };
             let consumer = Consumer::new(
@@ -481,6 +401,16 @@ impl Pipeline {
                     let field_names = cfg.field_names();
                     Box::new(GeneratorSource::new(&s.name, g.clone(), &field_names))
                 }
+                SourceConfig::Kafka(_) => {
+                    return Err(Error::Source {
+                        name: s.name.clone(),
+                        error: crate::sources::SourceError::Config(
+                            "this build of lungfish has no Kafka source (cargo feature `kafka`)"
+                                .to_owned(),
+                        )
+                        .into(),
+                    });
+                }
                 SourceConfig::File(f) => {
                     let files =
                         pinned_files(&data_dir.sources(), &s.name, &f.paths).map_err(|error| {
@@ -534,34 +464,8 @@ impl Pipeline {
                 control.abort("a consumer panicked");
             }
         }
-        for h in shard_threads {
-            if h.join().is_err() {
-                control.abort("a shard panicked");
-            }
-        }
-        let mut sink_summaries = Vec::new();
-        for ((name, description, query_hint), h) in descriptions.into_iter().zip(sink_threads) {
-            let stored_rows = match h.join() {
-                Ok(Ok(mut sink)) => sink.stored_rows(),
-                Ok(Err(error)) => {
-                    first_error.get_or_insert(Error::Sink {
-                        name: name.clone(),
-                        error,
-                    });
-                    None
-                }
-                Err(_) => {
-                    control.abort(format!("sink {name} panicked"));
-                    None
-                }
-            };
-            sink_summaries.push(SinkSummary {
-                name,
-                description,
-                stored_rows,
-                query_hint,
-            });
-        }
+        let memory_report = shards.join(&control, memory);
+        let sink_summaries = started_sinks.join(&control, &mut first_error);
         committer_done.store(true, Ordering::SeqCst);
         let _ = committer_thread.join();
         // Completed checkpoints are safe to commit even after a failure elsewhere.
@@ -596,15 +500,360 @@ impl Pipeline {
             complete: all_finished
                 && stats.sources_done.load(Ordering::SeqCst)
                 && !control.is_stopping(),
-            memory: MemoryReport {
-                plan: memory,
-                shard_queues_peak: shard_queue_budget.peak(),
-                shard_queue_waits: shard_queue_budget.waits(),
-                sink_queues_peak: sink_queue_budget.peak(),
-                sink_queue_waits: sink_queue_budget.waits(),
-                state_peak: state_bytes.peak(),
-            },
+            memory: memory_report,
+            #[cfg(feature = "kafka")]
+            kafka: None,
         })
+    }
+}
+
+impl Pipeline {
+    /// [`run`](Self::run) for a pipeline whose source is a Kafka topic: the topic's
+    /// partitions take the place of the log's (see [`crate::kafka`]).
+    #[cfg(feature = "kafka")]
+    fn run_kafka(
+        self,
+        control: Arc<Control>,
+        (source_name, kafka): (String, crate::config::KafkaSourceConfig),
+    ) -> Result<Summary, Error> {
+        use crate::kafka::{KafkaInput, KafkaInputParts, Topology};
+        let started = Instant::now();
+        let cfg = self.config;
+        let p = &cfg.pipeline;
+        let source_error = |e: String| Error::Source {
+            name: source_name.clone(),
+            error: crate::sources::SourceError::Config(e).into(),
+        };
+        let data_dir = DataDir::lock(&cfg.data_dir)?;
+        let dead_letters = DeadLetters::open(data_dir.dead_letters(), cfg.log.fsync)?;
+        let topology = Arc::new(Topology::fetch(&kafka).map_err(source_error)?);
+        let partitions = topology.partitions();
+        let number_fields = cfg.number_fields();
+        let schema = Arc::new(RowSchema::new(&p.aggregates, &number_fields));
+        let shard_count = if p.shards == 0 { cores() } else { p.shards };
+        let started_sinks = start_sinks(&cfg, self.extra_sinks, &schema, &dead_letters, &control)?;
+        let paths = shard_count * started_sinks.txs.len();
+        let memory = MemoryPlan::new(p.memory_limit, 0);
+        let shards = start_shards(
+            &cfg,
+            &memory,
+            shard_count,
+            partitions,
+            &schema,
+            started_sinks.txs.clone(),
+            &control,
+        );
+        let mut operator_factories = build_operators(&cfg, &number_fields)?;
+        operator_factories.extend(self.extra_operators.iter().cloned());
+        let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
+        let chains = move |part: u32| {
+            (!operator_factories.is_empty()).then(|| {
+                OperatorChain::new(
+                    operator_factories.iter().map(|f| f(part)).collect(),
+                    ChainSettings::default(),
+                    retry_budget.clone(),
+                )
+            })
+        };
+        let settings = ConsumerSettings {
+            name: cfg.name.clone(),
+            out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis()).unwrap_or(i64::MAX),
+            batch_max_events: p.batch_max_events,
+            batch_max_age: p.batch_max_age,
+            // Kafka messages come from the client's own buffers.
+            read_bytes: 0,
+            windowing: Windowing::new(&p.window),
+            // Messages are the original JSON: always extracted.
+            fields_id: 0,
+            extractor: crate::codec::json::JsonExtractor::new(cfg.field_names()),
+            paths,
+            commit_interval: COMMIT_INTERVAL,
+            number_fields: number_fields.into(),
+            queue_budget: shards.shard_queue_budget.clone(),
+            max_batch_bytes: memory.consumer_batch_bytes(partitions),
+        };
+        let group = kafka.group.clone().unwrap_or_else(|| cfg.name.clone());
+        let description = format!("kafka {} {:?} group {group:?}", kafka.brokers, kafka.topics);
+        let input = KafkaInput::new(KafkaInputParts {
+            config: kafka,
+            group,
+            topology,
+            settings,
+            dead_letters: dead_letters.clone(),
+            shards: shards.txs.clone(),
+            control: control.clone(),
+            chains: Box::new(chains),
+            // The sources' quarter of the memory limit: no HTTP source shares it.
+            prefetch_bytes: memory.limit / 4,
+            commit_interval: COMMIT_INTERVAL,
+        });
+        let input_thread = spawn(&format!("lungfish-kafka-{source_name}"), move || {
+            input.run()
+        });
+        let mut first_error = None;
+        let report = match input_thread.join() {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(e)) => {
+                control.abort(format!("source {source_name}: {e}"));
+                first_error = Some(source_error(e));
+                None
+            }
+            Err(_) => {
+                control.abort(format!("source {source_name} panicked"));
+                None
+            }
+        };
+        let memory_report = shards.join(&control, memory);
+        let sink_summaries = started_sinks.join(&control, &mut first_error);
+        dead_letters.sync()?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if let Some(e) = control.error() {
+            return Err(Error::Failed(e));
+        }
+        let stats = &control.stats;
+        let report = report.unwrap_or_default();
+        Ok(Summary {
+            name: cfg.name.clone(),
+            elapsed: started.elapsed(),
+            events_in: report.messages,
+            rejected: 0,
+            processed: stats.processed.load(Ordering::Relaxed),
+            late: stats.late.load(Ordering::Relaxed),
+            windows: stats.windows.load(Ordering::Relaxed),
+            log_events: 0,
+            dead_letters: dead_letters.counts()?,
+            sources: vec![SourceReport {
+                name: source_name,
+                description,
+                resumed_at: 0,
+                accepted: report.messages,
+                rejected: 0,
+                bytes: 0,
+                finished: report.finished,
+            }],
+            sinks: sink_summaries,
+            data_dir: cfg.data_dir.clone(),
+            complete: report.finished && !control.is_stopping(),
+            memory: memory_report,
+            kafka: Some(report),
+        })
+    }
+}
+
+/// The sinks' threads, running.
+struct StartedSinks {
+    /// Their queues, in order.
+    txs: Vec<crossbeam_channel::Sender<SinkMsg>>,
+    threads: Vec<JoinHandle<Result<Box<dyn Sink>, SinkError>>>,
+    /// Name, description and query hint of each.
+    descriptions: Vec<(String, String, Option<String>)>,
+}
+
+impl StartedSinks {
+    /// Waits for every sink to finish; their summaries. A sink's error becomes the
+    /// run's error if there was none yet.
+    fn join(self, control: &Control, first_error: &mut Option<Error>) -> Vec<SinkSummary> {
+        drop(self.txs);
+        let mut summaries = Vec::new();
+        for ((name, description, query_hint), h) in self.descriptions.into_iter().zip(self.threads)
+        {
+            let stored_rows = match h.join() {
+                Ok(Ok(mut sink)) => sink.stored_rows(),
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(Error::Sink {
+                        name: name.clone(),
+                        error,
+                    });
+                    None
+                }
+                Err(_) => {
+                    control.abort(format!("sink {name} panicked"));
+                    None
+                }
+            };
+            summaries.push(SinkSummary {
+                name,
+                description,
+                stored_rows,
+                query_hint,
+            });
+        }
+        summaries
+    }
+}
+
+/// Opens the configured sinks and `extra` ones (a bad one fails fast, before anything
+/// runs) and starts a thread for each.
+fn start_sinks(
+    cfg: &PipelineConfig,
+    extra: Vec<(String, Box<dyn Sink>, DriverSettings)>,
+    schema: &RowSchema,
+    dead_letters: &DeadLetters,
+    control: &Arc<Control>,
+) -> Result<StartedSinks, Error> {
+    let fsync = cfg.log.fsync;
+    // Sinks, opened before anything runs so a bad one fails fast.
+    let mut sinks: Vec<(String, Box<dyn Sink>, DriverSettings)> = Vec::new();
+    for s in &cfg.sinks {
+        let (sink, settings): (Box<dyn Sink>, DriverSettings) = match &s.config {
+            SinkConfig::Sqlite(c) => (
+                Box::new(SqliteSink::new(c)),
+                DriverSettings {
+                    batch_max_rows: c.batch_max_rows,
+                    batch_max_age: c.batch_max_age,
+                    ..DriverSettings::default()
+                },
+            ),
+            SinkConfig::File(c) => (
+                Box::new(FileSink::new(c)),
+                DriverSettings {
+                    batch_max_rows: c.batch_max_rows,
+                    batch_max_age: c.batch_max_age,
+                    ..DriverSettings::default()
+                },
+            ),
+            SinkConfig::Stdout => (Box::new(StdoutSink::default()), DriverSettings::default()),
+            #[cfg(feature = "postgres")]
+            SinkConfig::Postgres(c) => (
+                Box::new(crate::sinks::postgres::PostgresSink::new(&cfg.name, c).named(&s.name)),
+                database_settings(c),
+            ),
+            #[cfg(feature = "clickhouse")]
+            SinkConfig::ClickHouse(c) => (
+                Box::new(crate::sinks::clickhouse::ClickHouseSink::new(c)),
+                database_settings(c),
+            ),
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(c) => (
+                Box::new(crate::sinks::kafka::KafkaSink::new(c).named(&s.name)),
+                crate::sinks::kafka::KafkaSink::driver_settings(c),
+            ),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::Sink {
+                    name: s.name.clone(),
+                    error: SinkError::permanent(format!(
+                        "this build of lungfish has no {} sink (cargo feature `{}`)",
+                        other.type_name(),
+                        other.type_name()
+                    )),
+                });
+            }
+        };
+        let sink: Box<dyn Sink> = match s.config.write_behind() {
+            Some(max_bytes) => {
+                let spool = cfg.data_dir.join("spool").join(&s.name);
+                // Rows the store refuses are dead-lettered beside the spool.
+                let refused = DeadLetters::open(spool.join("dlq"), fsync)?;
+                let settings = WriteBehindSettings {
+                    max_bytes,
+                    retry: settings,
+                    ..WriteBehindSettings::default()
+                };
+                Box::new(
+                    WriteBehind::new(&s.name, sink, spool, settings).with_dead_letters(refused),
+                )
+            }
+            None => sink,
+        };
+        sinks.push((s.name.clone(), sink, settings));
+    }
+    sinks.extend(extra);
+    for (name, sink, _) in &mut sinks {
+        sink.open(schema).map_err(|error| Error::Sink {
+            name: name.clone(),
+            error,
+        })?;
+    }
+    let mut descriptions = Vec::new();
+    let (mut txs, mut threads) = (Vec::new(), Vec::new());
+    for (name, sink, settings) in sinks {
+        descriptions.push((name.clone(), sink.describe(), sink.query_hint()));
+        let (tx, rx) = bounded::<SinkMsg>(CHANNEL_MESSAGES);
+        txs.push(tx);
+        let driver = SinkDriver::new(&name, sink, settings, control.clone())
+            .with_dead_letters(dead_letters.clone());
+        threads.push(spawn(&format!("lungfish-sink-{name}"), move || {
+            driver.run(rx)
+        }));
+    }
+    Ok(StartedSinks {
+        txs,
+        threads,
+        descriptions,
+    })
+}
+
+/// The shards' threads, running.
+struct StartedShards {
+    /// Their queues, in order.
+    txs: Vec<crossbeam_channel::Sender<ShardMsg>>,
+    threads: Vec<JoinHandle<()>>,
+    shard_queue_budget: ByteBudget,
+    sink_queue_budget: ByteBudget,
+    state_bytes: Arc<StateBytes>,
+}
+
+impl StartedShards {
+    /// Waits for every shard to finish; how the memory limit was used.
+    fn join(self, control: &Control, plan: MemoryPlan) -> MemoryReport {
+        drop(self.txs);
+        for h in self.threads {
+            if h.join().is_err() {
+                control.abort("a shard panicked");
+            }
+        }
+        MemoryReport {
+            plan,
+            shard_queues_peak: self.shard_queue_budget.peak(),
+            shard_queue_waits: self.shard_queue_budget.waits(),
+            sink_queues_peak: self.sink_queue_budget.peak(),
+            sink_queue_waits: self.sink_queue_budget.waits(),
+            state_peak: self.state_bytes.peak(),
+        }
+    }
+}
+
+/// Starts `shard_count` shards keeping state for `partitions` source partitions and
+/// writing to `sink_txs`.
+fn start_shards(
+    cfg: &PipelineConfig,
+    memory: &MemoryPlan,
+    shard_count: usize,
+    partitions: u32,
+    schema: &Arc<RowSchema>,
+    sink_txs: Vec<crossbeam_channel::Sender<SinkMsg>>,
+    control: &Arc<Control>,
+) -> StartedShards {
+    let windowing = Windowing::new(&cfg.pipeline.window);
+    let shard_queue_budget = ByteBudget::for_stage(memory.shard_queues, "shards");
+    let sink_queue_budget = ByteBudget::for_stage(memory.sink_queues, "sinks");
+    let state_bytes = Arc::new(StateBytes::default());
+    let (mut shard_txs, mut shard_threads) = (Vec::new(), Vec::new());
+    for s in 0..shard_count {
+        let (tx, rx) = bounded::<ShardMsg>(CHANNEL_MESSAGES);
+        shard_txs.push(tx);
+        let shard = Shard::new(
+            s,
+            windowing,
+            schema.clone(),
+            partitions,
+            sink_txs.clone(),
+            control.clone(),
+            sink_queue_budget.clone(),
+            memory.state / shard_count as u64,
+            state_bytes.clone(),
+        );
+        shard_threads.push(spawn(&format!("lungfish-shard-{s}"), move || shard.run(rx)));
+    }
+    StartedShards {
+        txs: shard_txs,
+        threads: shard_threads,
+        shard_queue_budget,
+        sink_queue_budget,
+        state_bytes,
     }
 }
 

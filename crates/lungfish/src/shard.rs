@@ -88,6 +88,9 @@ pub enum ShardMsg {
     Events(ShardBatch),
     /// A checkpoint marker behind the partition's events so far.
     Marker(Arc<Checkpoint>),
+    /// The partition moved to another instance: drop its open windows (they are
+    /// rebuilt there from the last committed offset).
+    Forget(u32),
 }
 
 /// What flows from a shard into a sink.
@@ -252,6 +255,10 @@ impl Shard {
                     if !self.close(&cp) {
                         return;
                     }
+                }
+                Ok(ShardMsg::Forget(partition)) => {
+                    self.windows[partition as usize].clear();
+                    self.measure_state();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.control.is_aborting() {

@@ -41,6 +41,10 @@
 //! | `lungfish_operator_retries_total` | counter | | events retried by the operator chains after a transient failure |
 //! | `lungfish_operator_panics_total` | counter | `operator` | operator calls that panicked (caught; the batch is bisected to the poison pill) |
 //! | `lungfish_operator_retry_budget_remaining` | gauge | | retries the operators' shared budget still allows |
+//! | `lungfish_kafka_produced_total` | counter | `sink` | messages a Kafka sink produced with a successful delivery report |
+//! | `lungfish_kafka_produced_bytes_total` | counter | `sink` | key and value bytes of a Kafka sink's written batches |
+//! | `lungfish_kafka_write_errors_total` | counter | `sink`, `error` | a Kafka sink's failed writes, by librdkafka error (`MessageTimedOut`, `TopicAuthorizationFailed`...) or `write_timeout` |
+//! | `lungfish_kafka_queue_full_total` | counter | `sink` | times a Kafka sink waited for room in librdkafka's queue |
 //!
 //! Stages: `source` (lines in, events appended out), `consumer` (records read in,
 //! events routed to shards out; the difference is late or skipped events), `window`

@@ -335,7 +335,20 @@ impl JsonExtractor {
     /// # Panics
     /// If `numbers.len() != self.fields().numbers.len()`.
     pub fn extract<'a>(&self, doc: &'a [u8], numbers: &mut [f64]) -> Result<Extracted<'a>, Reject> {
-        self.extract_with(doc, numbers, true)
+        self.extract_with(doc, numbers, true, false)
+    }
+
+    /// [`Self::extract`] for a document whose key comes from elsewhere (a Kafka
+    /// message's key): a missing key field is not an error, and the key is then empty.
+    ///
+    /// # Panics
+    /// As [`Self::extract`].
+    pub fn extract_key_optional<'a>(
+        &self,
+        doc: &'a [u8],
+        numbers: &mut [f64],
+    ) -> Result<Extracted<'a>, Reject> {
+        self.extract_with(doc, numbers, true, true)
     }
 
     /// [`Self::extract`], scanning a padded copy of the document if `padded` and the
@@ -346,6 +359,7 @@ impl JsonExtractor {
         doc: &'a [u8],
         numbers: &mut [f64],
         padded: bool,
+        key_optional: bool,
     ) -> Result<Extracted<'a>, Reject> {
         let c = &*self.inner;
         assert_eq!(
@@ -362,9 +376,16 @@ impl JsonExtractor {
             }
         };
         if c.entries.len() <= 64 {
-            run(c, text, numbers, 0u64, padded)
+            run(c, text, numbers, 0u64, padded, key_optional)
         } else {
-            run(c, text, numbers, vec![false; c.entries.len()], padded)
+            run(
+                c,
+                text,
+                numbers,
+                vec![false; c.entries.len()],
+                padded,
+                key_optional,
+            )
         }
     }
 }
@@ -546,6 +567,7 @@ fn run<'a, S: SeenSet>(
     numbers: &mut [f64],
     seen: S,
     padded: bool,
+    key_optional: bool,
 ) -> Result<Extracted<'a>, Reject> {
     let mut st = St {
         seen,
@@ -577,8 +599,10 @@ fn run<'a, S: SeenSet>(
     if st.pending != 0 {
         return Err(problem_reject(c, st.pending));
     }
-    let Some(key) = st.key.get(text) else {
-        return Err(missing_field(&c.fields.key));
+    let key = match st.key.get(text) {
+        Some(key) => key,
+        None if key_optional => Cow::Borrowed(""),
+        None => return Err(missing_field(&c.fields.key)),
     };
     if !st.has_ts {
         return Err(missing_field(&c.fields.time));

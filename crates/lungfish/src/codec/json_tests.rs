@@ -31,7 +31,7 @@ fn extract_both<'a>(
     numbers: &mut [f64],
 ) -> Result<Extracted<'a>, Reject> {
     let mut other = vec![f64::NAN; numbers.len()];
-    let in_place = ex.extract_with(doc, &mut other, false);
+    let in_place = ex.extract_with(doc, &mut other, false, false);
     let result = ex.extract(doc, numbers);
     assert_eq!(
         result,

@@ -284,11 +284,14 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     /// `type = "http"`: events POSTed to `/v1/events`.
     Http(HttpSourceConfig),
+    /// `type = "kafka"`: a Kafka (or Redpanda) topic read in a consumer group, in place
+    /// of the embedded log.
+    Kafka(KafkaSourceConfig),
 }
 
 impl SourceConfig {
     /// The known source types, as written in `type`.
-    pub const TYPES: [&'static str; 3] = ["generator", "file", "http"];
+    pub const TYPES: [&'static str; 4] = ["generator", "file", "http", "kafka"];
 
     /// The `type` of this source in a pipeline file.
     pub fn type_name(&self) -> &'static str {
@@ -296,6 +299,104 @@ impl SourceConfig {
             SourceConfig::Generator(_) => "generator",
             SourceConfig::File(_) => "file",
             SourceConfig::Http(_) => "http",
+            SourceConfig::Kafka(_) => "kafka",
+        }
+    }
+}
+
+/// Where a Kafka source starts in a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaStart {
+    /// At the oldest message still in the topic (every event is processed).
+    Earliest,
+    /// At the end: only messages produced from now on.
+    Latest,
+}
+
+/// A Kafka source: the topics' partitions are shared out among the pipeline's
+/// instances by Kafka's group protocol (cooperative-sticky), and each instance reads
+/// its partitions in place of the embedded log. Offsets are committed to the group only
+/// once every effect of the events before them is durable in the sinks. See
+/// [`crate::kafka`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]` (`bootstrap.servers`).
+    pub brokers: String,
+    /// The topics to read (at least one).
+    pub topics: Vec<String>,
+    /// The consumer group (`group.id`); `None`: the pipeline's name.
+    pub group: Option<String>,
+    /// Where to start in a partition with no committed offset (`auto.offset.reset`).
+    pub start: KafkaStart,
+    /// Stop once the client has reported the end of every partition this instance
+    /// holds, closing every window (backfills and benchmarks; one instance, one topic).
+    pub bounded: bool,
+    /// A member that does not poll for this long leaves the group (`max.poll.interval.ms`).
+    /// Lungfish polls at least every 100 ms even while the sinks stall (it pauses the
+    /// partitions instead of blocking), so this only matters if the process hangs.
+    pub max_poll_interval: Duration,
+    /// A member whose heartbeats stop for this long is declared dead and its
+    /// partitions move (`session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// Further librdkafka settings passed through as they are (security, timeouts...),
+    /// e.g. `"security.protocol" = "SASL_SSL"`.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSourceConfig {
+    /// A source reading `topics` from `brokers` with the defaults: the pipeline's name
+    /// as group, earliest start, unbounded, 300 s poll interval, 45 s session timeout.
+    pub fn new(brokers: &str, topics: &[&str]) -> Self {
+        KafkaSourceConfig {
+            brokers: brokers.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            group: None,
+            start: KafkaStart::Earliest,
+            bounded: false,
+            max_poll_interval: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(45),
+            options: Vec::new(),
+        }
+    }
+}
+
+/// A Kafka sink: window rows produced as JSON messages keyed by the row's key, with an
+/// idempotent producer; a batch is acknowledged only once every message of it has its
+/// delivery report. See [`crate::sinks::kafka`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]` (`bootstrap.servers`).
+    pub brokers: String,
+    /// The topic rows are produced to.
+    pub topic: String,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd` (`compression.type`).
+    pub compression: String,
+    /// How long the producer waits to fill a request (`linger.ms`).
+    pub linger: Duration,
+    /// A write batch is cut at this many rows (>= 1) ...
+    pub batch_max_rows: usize,
+    /// ... or when its first row is this old (> 0).
+    pub batch_max_age: Duration,
+    /// Longest time one batch may take to be delivered; past it the batch fails as a
+    /// transient error and is retried (`message.timeout.ms` of its messages).
+    pub write_timeout: Duration,
+    /// Further librdkafka settings passed through as they are.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSinkConfig {
+    /// A sink producing to `topic` on `brokers` with the defaults: lz4, 5 ms linger,
+    /// batches of 10000 rows or 100 ms, 30 s write timeout.
+    pub fn new(brokers: &str, topic: &str) -> Self {
+        KafkaSinkConfig {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            compression: "lz4".to_owned(),
+            linger: Duration::from_millis(5),
+            batch_max_rows: 10_000,
+            batch_max_age: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(30),
+            options: Vec::new(),
         }
     }
 }
@@ -757,6 +858,8 @@ pub enum SinkConfig {
     Postgres(DatabaseSinkConfig),
     /// `type = "clickhouse"`: inserts into a ClickHouse ReplacingMergeTree over HTTP.
     ClickHouse(DatabaseSinkConfig),
+    /// `type = "kafka"`: rows produced to a Kafka (or Redpanda) topic.
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -770,7 +873,14 @@ impl SinkConfig {
     }
 
     /// The known sink types, as written in `type`.
-    pub const TYPES: [&'static str; 5] = ["sqlite", "file", "stdout", "postgres", "clickhouse"];
+    pub const TYPES: [&'static str; 6] = [
+        "sqlite",
+        "file",
+        "stdout",
+        "postgres",
+        "clickhouse",
+        "kafka",
+    ];
 
     /// The `type` of this sink in a pipeline file.
     pub fn type_name(&self) -> &'static str {
@@ -780,6 +890,7 @@ impl SinkConfig {
             SinkConfig::Stdout => "stdout",
             SinkConfig::Postgres(_) => "postgres",
             SinkConfig::ClickHouse(_) => "clickhouse",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 }

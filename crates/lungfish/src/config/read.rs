@@ -23,9 +23,10 @@ use super::validate::{self, Issue};
 use super::{
     AggregateSpec, BodyFormat, ContentEncoding, DatabaseSinkConfig, EnrichConfig, EnrichMethod,
     FileSinkConfig, FileSourceConfig, FilterConfig, FsyncPolicy, GeneratorConfig, HttpSourceConfig,
-    KeyDistribution, LogSettings, MetricsConfig, NamedOperator, NamedSink, NamedSource,
-    OnUnavailable, OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig,
-    SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull, WindowSpec,
+    KafkaSinkConfig, KafkaSourceConfig, KafkaStart, KeyDistribution, LogSettings, MetricsConfig,
+    NamedOperator, NamedSink, NamedSource, OnUnavailable, OperatorConfig, PipelineConfig,
+    ProcessingConfig, Rate, SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull,
+    WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
 
@@ -69,6 +70,28 @@ const GENERATOR_KEYS: &[&str] = &[
     "events_per_second",
 ];
 const FILE_SOURCE_KEYS: &[&str] = &["type", "paths"];
+const KAFKA_SOURCE_KEYS: &[&str] = &[
+    "type",
+    "brokers",
+    "topics",
+    "group",
+    "start",
+    "bounded",
+    "max_poll_interval",
+    "session_timeout",
+    "options",
+];
+const KAFKA_SINK_KEYS: &[&str] = &[
+    "type",
+    "brokers",
+    "topic",
+    "compression",
+    "linger",
+    "batch_max_rows",
+    "batch_max_age",
+    "write_timeout",
+    "options",
+];
 const HTTP_SOURCE_KEYS: &[&str] = &[
     "type",
     "address",
@@ -643,6 +666,10 @@ impl Reader {
                     Some(http) => SourceConfig::Http(http),
                     None => continue,
                 },
+                Some("kafka") => match self.kafka_source(&source) {
+                    Some(kafka) => SourceConfig::Kafka(kafka),
+                    None => continue,
+                },
                 _ => continue,
             };
             sources.push(NamedSource {
@@ -699,6 +726,106 @@ impl Reader {
             paths.push(path);
         }
         Some(FileSourceConfig { paths })
+    }
+
+    /// A `[...options]` table of librdkafka settings: every value a string (or a
+    /// number or boolean, written as librdkafka expects it).
+    fn kafka_options(&mut self, t: &Tbl<'_>) -> Vec<(String, String)> {
+        let mut options = Vec::new();
+        if let Some(entry) = self.entry(t, "options")
+            && let Some(table) = self.table(entry)
+        {
+            for (name, _) in table.table.iter() {
+                let value = self.value(&table, name, |item| match item.as_value() {
+                    Some(v) if v.as_str().is_some() => {
+                        Ok(v.as_str().unwrap_or_default().to_owned())
+                    }
+                    Some(v) if v.as_integer().is_some() || v.as_bool().is_some() => {
+                        Ok(v.to_string().trim().to_owned())
+                    }
+                    _ => Err(format!(
+                        "expected a string (a librdkafka setting's value), found {}",
+                        kind(item)
+                    )),
+                });
+                if let Some(value) = value {
+                    options.push((name.to_owned(), value));
+                }
+            }
+        }
+        options
+    }
+
+    fn kafka_source(&mut self, t: &Tbl<'_>) -> Option<KafkaSourceConfig> {
+        self.unknown_keys(t, KAFKA_SOURCE_KEYS);
+        let brokers = self
+            .required(t, "brokers", "brokers = \"127.0.0.1:9092\"")
+            .and_then(|e| self.convert(e, as_string));
+        let entry = self.required(t, "topics", "topics = [\"events\"]");
+        let mut topics = Vec::new();
+        if let Some(entry) = entry
+            && let Some(array) = self.array(&entry, "[\"events\"]")
+        {
+            for (_, _, topic) in self.strings(&entry, array) {
+                topics.push(topic);
+            }
+        }
+        let d = KafkaSourceConfig::new("", &[]);
+        let options = self.kafka_options(t);
+        Some(KafkaSourceConfig {
+            brokers: brokers?,
+            topics,
+            group: self.value(t, "group", as_string),
+            start: self
+                .value(t, "start", |item| {
+                    one_of(
+                        item,
+                        &[
+                            ("earliest", KafkaStart::Earliest),
+                            ("latest", KafkaStart::Latest),
+                        ],
+                    )
+                })
+                .unwrap_or(d.start),
+            bounded: self.value(t, "bounded", as_bool).unwrap_or(d.bounded),
+            max_poll_interval: self
+                .value(t, "max_poll_interval", as_duration)
+                .unwrap_or(d.max_poll_interval),
+            session_timeout: self
+                .value(t, "session_timeout", as_duration)
+                .unwrap_or(d.session_timeout),
+            options,
+        })
+    }
+
+    fn kafka_sink(&mut self, t: &Tbl<'_>) -> Option<KafkaSinkConfig> {
+        self.unknown_keys(t, KAFKA_SINK_KEYS);
+        let brokers = self
+            .required(t, "brokers", "brokers = \"127.0.0.1:9092\"")
+            .and_then(|e| self.convert(e, as_string));
+        let topic = self
+            .required(t, "topic", "topic = \"windows\"")
+            .and_then(|e| self.convert(e, as_string));
+        let d = KafkaSinkConfig::new("", "");
+        let options = self.kafka_options(t);
+        Some(KafkaSinkConfig {
+            brokers: brokers?,
+            topic: topic?,
+            compression: self
+                .value(t, "compression", as_string)
+                .unwrap_or(d.compression),
+            linger: self.value(t, "linger", as_duration).unwrap_or(d.linger),
+            batch_max_rows: self
+                .value(t, "batch_max_rows", as_uint)
+                .unwrap_or(d.batch_max_rows),
+            batch_max_age: self
+                .value(t, "batch_max_age", as_duration)
+                .unwrap_or(d.batch_max_age),
+            write_timeout: self
+                .value(t, "write_timeout", as_duration)
+                .unwrap_or(d.write_timeout),
+            options,
+        })
     }
 
     fn http_source(&mut self, t: &Tbl<'_>) -> Option<HttpSourceConfig> {
@@ -920,6 +1047,7 @@ impl Reader {
                 }
                 Some("postgres") => Some(SinkConfig::Postgres(self.database_sink(&sink))),
                 Some("clickhouse") => Some(SinkConfig::ClickHouse(self.database_sink(&sink))),
+                Some("kafka") => self.kafka_sink(&sink).map(SinkConfig::Kafka),
                 _ => None,
             };
             if let Some(config) = config {

@@ -776,7 +776,7 @@ type = "file"
             (
                 1,
                 "sources.gen.type",
-                "missing required field `type`; known source types: generator, file, http"
+                "missing required field `type`; known source types: generator, file, http, kafka"
             ),
             (
                 2,
@@ -888,7 +888,7 @@ fn no_source_and_no_sink() {
 #[test]
 fn unknown_types_list_the_known_ones() {
     let text = MINIMAL
-        .replace("\"generator\"", "\"kafka\"")
+        .replace("\"generator\"", "\"kinesis\"")
         .replace("\"stdout\"", "\"stdot\"")
         .replace("\"tumbling\"", "\"hopping\"");
     let found = errors(&text);
@@ -896,9 +896,9 @@ fn unknown_types_list_the_known_ones() {
     assert_error(
         &text,
         &found[0],
-        "\"kafka\"",
+        "\"kinesis\"",
         "sources.gen.type",
-        "unknown source type `kafka`; known types: generator, file",
+        "unknown source type `kinesis`; known types: generator, file",
     );
     assert_error(
         &text,
@@ -1218,7 +1218,7 @@ window = { type = "sliding", size = "1s", slide = "2s" }
 aggregates = ["count", "sum(value)", "sum(value)"]
 
 [sinks.out]
-type = "kafka"
+type = "kinesis"
 "#;
     let found = errors(text);
     let summary: Vec<(usize, usize, &str)> = found
@@ -1278,7 +1278,7 @@ fn columns_count_characters_and_names_are_quoted() {
     assert_eq!((error.line, error.column), (2, 8));
 
     // Multi-byte characters before the value on the same line.
-    let text = format!("sinks.\"é\".type = \"kafka\"\n{MINIMAL}");
+    let text = format!("sinks.\"é\".type = \"kinesis\"\n{MINIMAL}");
     let error = single(&text);
     assert_eq!(error.field, "sinks.\"é\".type");
     assert_eq!((error.line, error.column), (1, 18));
@@ -1686,4 +1686,97 @@ fn memory_limit_is_a_size_that_must_leave_room_for_http_requests() {
     assert!(e.to_string().contains("sources.api.max_body_size"), "{e}");
     let text = text.replace("memory_limit = \"16MiB\"", "memory_limit = \"wide\"");
     assert_eq!(single(&text).field, "pipeline.memory_limit");
+}
+
+// ----- Kafka -----
+
+#[test]
+fn a_kafka_source_and_sink_read_with_their_defaults_and_pass_options_through() {
+    let text = r#"[sources.orders]
+type = "kafka"
+brokers = "127.0.0.1:9092,127.0.0.1:9093"
+topics = ["orders"]
+group = "billing"
+start = "latest"
+session_timeout = "10s"
+[sources.orders.options]
+"security.protocol" = "SASL_SSL"
+"fetch.wait.max.ms" = 100
+
+[pipeline]
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count"]
+
+[sinks.out]
+type = "kafka"
+brokers = "127.0.0.1:9092"
+topic = "windows"
+compression = "zstd"
+linger = "20ms"
+"#;
+    let config = parse(text).unwrap();
+    let SourceConfig::Kafka(k) = &config.sources[0].config else {
+        panic!("a kafka source")
+    };
+    let mut want = KafkaSourceConfig::new("127.0.0.1:9092,127.0.0.1:9093", &["orders"]);
+    want.group = Some("billing".into());
+    want.start = KafkaStart::Latest;
+    want.session_timeout = Duration::from_secs(10);
+    want.options = vec![
+        ("security.protocol".into(), "SASL_SSL".into()),
+        ("fetch.wait.max.ms".into(), "100".into()),
+    ];
+    assert_eq!(*k, want);
+    let SinkConfig::Kafka(s) = &config.sinks[0].config else {
+        panic!("a kafka sink")
+    };
+    let mut want = KafkaSinkConfig::new("127.0.0.1:9092", "windows");
+    want.compression = "zstd".into();
+    want.linger = Duration::from_millis(20);
+    assert_eq!(*s, want);
+}
+
+#[test]
+fn a_kafka_source_must_stand_alone_and_a_bounded_one_reads_one_topic() {
+    let text = r#"[sources.k]
+type = "kafka"
+brokers = "127.0.0.1:9092"
+topics = ["a", "b"]
+bounded = true
+
+[sources.gen]
+type = "generator"
+
+[pipeline]
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count"]
+
+[sinks.out]
+type = "kafka"
+brokers = ""
+topic = "t"
+compression = "brotli"
+"#;
+    let found = errors(text);
+    let fields: Vec<&str> = found.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "sources.k.type",
+            "sources.k.bounded",
+            "sinks.out.brokers",
+            "sinks.out.compression"
+        ],
+        "in file order: {}",
+        ConfigErrors(found.clone())
+    );
+    assert!(
+        found[0].message.contains("only source"),
+        "{}",
+        found[0].message
+    );
+    assert!(found[3].message.contains("brotli"), "{}", found[3].message);
+    let missing = errors(&MINIMAL.replace("type = \"generator\"", "type = \"kafka\""));
+    let fields: Vec<&str> = missing.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["sources.gen.brokers", "sources.gen.topics"]);
 }

@@ -82,6 +82,33 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
                 }
             }
             SourceConfig::Http(http) => check_http(&mut out, &path, http),
+            SourceConfig::Kafka(kafka) => {
+                out.non_empty(join(&path, "brokers"), &kafka.brokers);
+                let topics = join(&path, "topics");
+                if kafka.topics.is_empty() {
+                    out.add(topics.clone(), "must list at least one topic");
+                }
+                for (i, t) in kafka.topics.iter().enumerate() {
+                    out.non_empty(index(&topics, i), t);
+                }
+                if let Some(group) = &kafka.group {
+                    out.non_empty(join(&path, "group"), group);
+                }
+                out.positive(join(&path, "session_timeout"), kafka.session_timeout);
+                out.positive(join(&path, "max_poll_interval"), kafka.max_poll_interval);
+                if kafka.bounded && kafka.topics.len() > 1 {
+                    out.add(
+                        join(&path, "bounded"),
+                        "a bounded kafka source reads one topic: list one in `topics`",
+                    );
+                }
+                if config.sources.len() > 1 {
+                    out.add(
+                        join(&path, "type"),
+                        "a kafka source must be the pipeline's only source: its topic takes the place of the embedded log (to bring other inputs in, produce them to the topic, or run them in another pipeline with a kafka sink)",
+                    );
+                }
+            }
         }
     }
 
@@ -138,6 +165,24 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
             }
             SinkConfig::File(file) => (&file.path, file.batch_max_rows, file.batch_max_age),
             SinkConfig::Stdout => continue,
+            SinkConfig::Kafka(kafka) => {
+                out.non_empty(join(&path, "brokers"), &kafka.brokers);
+                out.non_empty(join(&path, "topic"), &kafka.topic);
+                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&kafka.compression.as_str())
+                {
+                    out.add(
+                        join(&path, "compression"),
+                        format!(
+                            "unknown compression `{}`: expected none, gzip, snappy, lz4 or zstd",
+                            kafka.compression
+                        ),
+                    );
+                }
+                out.at_least_one(join(&path, "batch_max_rows"), kafka.batch_max_rows as u64);
+                out.positive(join(&path, "batch_max_age"), kafka.batch_max_age);
+                out.positive(join(&path, "write_timeout"), kafka.write_timeout);
+                continue;
+            }
             SinkConfig::Postgres(db) | SinkConfig::ClickHouse(db) => {
                 if db.url.is_empty() && db.url_env.is_none() {
                     out.related(

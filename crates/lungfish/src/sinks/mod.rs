@@ -26,6 +26,8 @@
 #[cfg(feature = "clickhouse")]
 pub mod clickhouse;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
