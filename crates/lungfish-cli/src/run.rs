@@ -190,10 +190,16 @@ pub fn print_summary(s: &Summary, file: &Path) {
         .map(|(_, n)| n)
         .sum::<u64>();
     println!("  {:<14} {:>14} {:>14}", "", "total", "this run");
+    // A Kafka pipeline has no log of its own: its total is the topic's business.
+    let total_in = if s.kafka.is_some() {
+        "-".to_owned()
+    } else {
+        count(s.log_events)
+    };
     println!(
         "  {:<14} {:>14} {:>14}",
         "events in",
-        count(s.log_events),
+        total_in,
         count(s.events_in)
     );
     println!(
@@ -214,6 +220,24 @@ pub fn print_summary(s: &Summary, file: &Path) {
             "  {:<14} {:>14}",
             "events/s",
             count((s.processed as f64 / secs) as u64)
+        );
+    }
+    if let Some(k) = &s.kafka {
+        let secs = k.reading.as_secs_f64();
+        if secs > 0.0 {
+            println!(
+                "  kafka: {} messages read in {secs:.2} s ({} messages/s, first to last)",
+                count(k.messages),
+                count((k.messages as f64 / secs) as u64)
+            );
+        }
+        println!(
+            "  kafka: {} partitions held at the end, {} assigned / {} revoked, paused {} times, longest poll gap {} ms",
+            k.partitions_held,
+            k.assignments,
+            k.revocations,
+            k.pauses,
+            k.max_poll_gap.as_millis()
         );
     }
     if let Some(peak) = peak_memory() {
@@ -248,7 +272,7 @@ pub fn print_summary(s: &Summary, file: &Path) {
             println!("    query: {hint}");
         }
     }
-    if rejected + late > 0 {
+    if rejected + late + s.dead_letters_of("consumer") > 0 {
         println!(
             "  dead letters: {} (see: lungfish dlq list {})",
             s.data_dir.join("dlq").display(),

@@ -41,6 +41,14 @@
 //! | `lungfish_operator_retries_total` | counter | | events retried by the operator chains after a transient failure |
 //! | `lungfish_operator_panics_total` | counter | `operator` | operator calls that panicked (caught; the batch is bisected to the poison pill) |
 //! | `lungfish_operator_retry_budget_remaining` | gauge | | retries the operators' shared budget still allows |
+//! | `lungfish_kafka_messages_total` | counter | | messages the Kafka source took from its topics |
+//! | `lungfish_kafka_partitions` | gauge | | partitions of the topics this instance holds |
+//! | `lungfish_kafka_paused` | gauge | | 1 while the held partitions are paused because the shards' queues are full |
+//! | `lungfish_kafka_pauses_total` | counter | | times the partitions were paused |
+//! | `lungfish_kafka_rebalances_total` | counter | `kind` | partitions `assign`ed to or `revoke`d from this instance |
+//! | `lungfish_kafka_poll_gap_seconds` | histogram | | time between two polls of the Kafka consumer (stays short while the sinks stall) |
+//! | `lungfish_kafka_commit_failures_total` | counter | | offset commits the group refused (retried with the next commit) |
+//! | `lungfish_kafka_errors_total` | counter | | errors the Kafka consumer reported (logged; a fatal one stops the run) |
 //! | `lungfish_kafka_produced_total` | counter | `sink` | messages a Kafka sink produced with a successful delivery report |
 //! | `lungfish_kafka_produced_bytes_total` | counter | `sink` | key and value bytes of a Kafka sink's written batches |
 //! | `lungfish_kafka_write_errors_total` | counter | `sink`, `error` | a Kafka sink's failed writes, by librdkafka error (`MessageTimedOut`, `TopicAuthorizationFailed`...) or `write_timeout` |

@@ -140,6 +140,9 @@ pub struct KafkaReport {
     pub pauses: u64,
     /// The longest time between two polls.
     pub max_poll_gap: Duration,
+    /// From the first message taken to the last (the reading rate's time base, without
+    /// joining the group or closing).
+    pub reading: Duration,
     /// True if a bounded run reached the end of every partition it held.
     pub finished: bool,
 }
@@ -554,6 +557,7 @@ impl KafkaInput {
         let mut last_poll = Instant::now();
         let mut last_commit = Instant::now();
         let started = Instant::now();
+        let mut first_message: Option<Instant> = None;
         let gap_histogram = metrics::histogram!("lungfish_kafka_poll_gap_seconds");
         let paused_gauge = metrics::gauge!("lungfish_kafka_paused");
         let held_gauge = metrics::gauge!("lungfish_kafka_partitions");
@@ -689,6 +693,11 @@ impl KafkaInput {
                     }
                     None => break,
                 }
+            }
+            if !burst.is_empty() {
+                let now = Instant::now();
+                let first = *first_message.get_or_insert(now);
+                report.reading = now - first;
             }
             report.messages += burst.len() as u64;
             messages_counter.increment(burst.len() as u64);

@@ -1,7 +1,8 @@
 //! A throwaway Kafka-compatible broker for tests, and an independent client to check it.
 //!
-//! [`Broker::start`] runs [tansu](https://github.com/tansu-io/tansu) (`tansu` in `PATH`,
-//! or `~/.cargo/bin/tansu`, or the file `$TANSU` names; `.ci/run` installs it) on a free
+//! [`Broker::start`] runs [tansu](https://github.com/tansu-io/tansu), patched by
+//! `tools/test-broker` (`tansu-lungfish-2` in `PATH` or `~/.cargo/bin`, or the file
+//! `$TANSU` names; `.ci/run` builds it) on a free
 //! loopback port with in-memory storage, waits until it answers a Kafka request, and
 //! kills it on drop. The client side ([`produce`], [`consume`], [`consume_all`],
 //! [`end_offsets`], [`floor`]) runs `scripts/kafka_client.py` with `python3` and
@@ -41,22 +42,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The tansu binary: `$TANSU`, `tansu` in `PATH`, or `~/.cargo/bin/tansu`.
+/// The patched tansu build of `tools/test-broker` (tansu 0.6.0 drops commit metadata
+/// and cannot fetch from inside a record batch; see its README): `$TANSU`, or
+/// `tansu-lungfish-2` in `PATH` or in `~/.cargo/bin`.
 fn tansu() -> PathBuf {
+    const NAME: &str = "tansu-lungfish-2";
     if let Some(path) = std::env::var_os("TANSU") {
         return PathBuf::from(path);
     }
     let in_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("tansu"))
+            .map(|dir| dir.join(NAME))
             .find(|p| p.is_file())
     });
     let in_cargo = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cargo/bin/tansu"))
+        .map(|home| PathBuf::from(home).join(".cargo/bin").join(NAME))
         .filter(|p| p.is_file());
     in_path.or(in_cargo).expect(
-        "tansu (a Kafka-compatible broker) is not installed: `.ci/run` installs it \
-         (cargo install tansu), or set TANSU to its path",
+        "the test broker (tansu-lungfish-2) is not installed: `.ci/run` builds it with \
+         `bash tools/test-broker/build.sh`, or set TANSU to a broker's path",
     )
 }
 
