@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Kafka benchmark, side by side in one run on this machine (medians of BENCH_RUNS runs,
 # the cases interleaved within each run), on a backlog of BENCH_EVENTS (10,000,000)
-# JSON events over 100,000 keys in a 4-partition topic of a local test broker:
+# JSON events over 10,000 keys (10 events per ms of event time) in a 4-partition topic
+# of a local test broker:
 #   floor:    an independent librdkafka consumer (Python confluent-kafka, consume() in
 #             batches of 10,000) reading the whole backlog with no processing: the client
 #             floor. Messages/s from the assignment to the last message.
-#   source:   `lungfish run` with the Kafka source (bounded) -> 1 s tumbling windows
-#             (count) -> a file sink on /dev/null: the source and the engine, no store.
-#   pipeline: the same with count, sum(value), mean(value) -> SQLite.
+#   source:   `lungfish run` with the Kafka source (bounded) -> 1 h tumbling windows
+#             (count: 10,000 rows in all) -> a JSON-lines file: the source and the
+#             engine, with next to nothing to store.
+#   pipeline: 10 s tumbling windows (count, sum(value), mean(value): about a million
+#             rows) -> SQLite.
 # Lungfish's rate is its messages over the time from the first message to the last (the
 # run summary's "kafka: ... messages/s" line), like the floor's; peak RSS from
 # /usr/bin/time (%M) for every case. RSS against the backlog: the source case also runs
@@ -64,8 +67,8 @@ rng = random.Random(42)
 t0 = 1_700_000_000_000
 started = time.monotonic()
 for i in range(n):
-    key = "u%d" % rng.randrange(100_000)
-    value = '{"user":"%s","ts":%d,"value":%d}' % (key, t0 + i // 100, rng.randrange(1000))
+    key = "u%d" % rng.randrange(10_000)
+    value = '{"user":"%s","ts":%d,"value":%d}' % (key, t0 + i // 10, rng.randrange(1000))
     while True:
         try:
             p.produce(topic, key=key, value=value)
@@ -81,7 +84,7 @@ PY
 python3 "$WORK/produce.py" "$BROKER" big "$EVENTS"
 python3 "$WORK/produce.py" "$BROKER" small "$SMALL"
 
-pipeline() { # name topic group sink-toml aggregates
+pipeline() { # name topic group sink-toml aggregates window
     cat >"$WORK/$1.toml" <<EOF
 name = "$1"
 data_dir = "$WORK/data-$3"
@@ -95,15 +98,15 @@ bounded = true
 key = "user"
 time = "ts"
 out_of_orderness = "1s"
-window = { type = "tumbling", size = "1s" }
+window = { type = "tumbling", size = "$6" }
 aggregates = [$5]
 $4
 EOF
 }
 
-measure() { # case run topic events sink aggregates
+measure() { # case run topic events sink aggregates window
     local case="$1" run="$2" topic="$3" events="$4" out
-    pipeline "$case" "$topic" "$case-$run" "$5" "$6"
+    pipeline "$case" "$topic" "$case-$run" "$5" "$6" "$7"
     out="$(/usr/bin/time -f 'RSS %M' "$LF" run "$WORK/$case.toml" 2>&1)"
     echo "$out" | grep -q "complete after" || { echo "$out" >&2; exit 1; }
     local read
@@ -126,13 +129,15 @@ rss = [l.split()[1] for l in out.splitlines() if l.startswith("RSS ")][-1]
 open(res + "/floor.rss", "a").write(rss + "\n")
 PY
     measure source "$run" big "$EVENTS" \
-        $'[sinks.null]\ntype = "file"\npath = "/dev/null"' '"count"'
+        "[sinks.rows]"$'\n'"type = \"file\""$'\n'"path = \"$WORK/rows-$run.jsonl\"" \
+        '"count"' 1h
     measure pipeline "$run" big "$EVENTS" \
         "[sinks.db]"$'\n'"type = \"sqlite\""$'\n'"path = \"$WORK/out-$run.db\"" \
-        '"count", "sum(value)", "mean(value)"'
+        '"count", "sum(value)", "mean(value)"' 10s
     measure small "$run" small "$SMALL" \
-        $'[sinks.null]\ntype = "file"\npath = "/dev/null"' '"count"'
-    rm -f "$WORK"/out-*.db
+        "[sinks.rows]"$'\n'"type = \"file\""$'\n'"path = \"$WORK/small-$run.jsonl\"" \
+        '"count"' 1h
+    rm -f "$WORK"/out-*.db "$WORK"/*.jsonl
     echo "run $run done" >&2
 done
 
@@ -146,8 +151,8 @@ print(f"backlog: {events:,} events, 4 partitions; medians of {len(vals('floor.ra
 print("| case | events/s | x floor | peak RSS |")
 print("|---|---:|---:|---:|")
 for case, label in [("floor", "client floor (confluent-kafka, no processing)"),
-                    ("source", "Lungfish Kafka source -> windows -> /dev/null"),
-                    ("pipeline", "Lungfish topic -> windows -> SQLite"),
+                    ("source", "Lungfish Kafka source -> 1 h windows -> file"),
+                    ("pipeline", "Lungfish topic -> 10 s windows -> SQLite"),
                     ("small", f"source case on a {small:,}-event backlog")]:
     rate = statistics.median(vals(case + ".rate"))
     rss = statistics.median(vals(case + ".rss")) / 1024

@@ -470,6 +470,19 @@ fn replay(file: &Path, filter: FilterArgs, dry_run: bool) -> anyhow::Result<Exit
         Ok(o) => o,
         Err(code) => return Ok(code),
     };
+    if o.config
+        .sources
+        .iter()
+        .any(|s| matches!(s.config, lungfish::config::SourceConfig::Kafka(_)))
+    {
+        eprintln!(
+            "lungfish: {}: this pipeline reads a Kafka topic and has no log to replay into; \
+             replaying dead letters into a topic is not supported yet (`lungfish dlq show` \
+             gives the payloads, to produce back to the topic)",
+            file.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let crash = std::env::var_os(CRASH_AFTER_APPEND).is_some_and(|v| v == "1");
     let mut after_append = |replay_id: u64| {
         if crash {

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .thread_name("lungfish-admin")
         .enable_all()
         .build()?;
+    runtime.spawn(admin::upkeep(handle.clone()));
     if let Some(metrics) = &config.metrics {
         let listener = runtime.block_on(admin::bind(metrics.address))?;
         runtime.spawn(async move {

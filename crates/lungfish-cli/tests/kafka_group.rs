@@ -245,3 +245,44 @@ fn the_survivor_of_a_kill_9_finishes_the_groups_work_with_nothing_lost_or_double
     common::run_ok(&single, "pipeline.toml");
     common::assert_same_rows(&table(&single_db), &got, "uninterrupted vs taken over");
 }
+
+#[test]
+fn replaying_dead_letters_of_a_kafka_pipeline_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        r#"data_dir = "data"
+[sources.k]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topics = ["t"]
+[pipeline]
+window = { type = "tumbling", size = "1s" }
+aggregates = ["count"]
+[sinks.out]
+type = "stdout"
+"#,
+    )
+    .unwrap();
+    let dlq = lungfish::dlq::DeadLetters::open(
+        dir.path().join("data").join("dlq"),
+        lungfish::config::FsyncPolicy::Always,
+    )
+    .unwrap();
+    let entry = lungfish::dlq::DeadLetter::new(
+        "consumer",
+        "invalid_json",
+        "invalid JSON at byte 1",
+        "kafka topic t partition 0 offset 7",
+        b"nope".to_vec(),
+    );
+    dlq.append_all(&[entry]).unwrap();
+    drop(dlq);
+    let out = common::lungfish(dir.path())
+        .args(["dlq", "replay", "pipeline.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reads a Kafka topic"), "{err}");
+}

@@ -561,7 +561,6 @@ impl KafkaInput {
         let gap_histogram = metrics::histogram!("lungfish_kafka_poll_gap_seconds");
         let paused_gauge = metrics::gauge!("lungfish_kafka_paused");
         let held_gauge = metrics::gauge!("lungfish_kafka_partitions");
-        let messages_counter = metrics::counter!("lungfish_kafka_messages_total");
         let control = &parts.control;
         let result = loop {
             if control.is_aborting() {
@@ -625,16 +624,19 @@ impl KafkaInput {
             let mut burst: Vec<BorrowedMessage<'_>> = Vec::new();
             let mut wait = if backed_up { BACKED_UP_WAIT } else { POLL_WAIT };
             let mut failed = None;
+            // The time since the last poll, spent on the pipeline's work: measured once a
+            // burst (the polls within one follow each other at once).
+            let gap = last_poll.elapsed();
+            gap_histogram.record(gap.as_secs_f64());
+            report.max_poll_gap = report.max_poll_gap.max(gap);
             loop {
-                let gap = last_poll.elapsed();
-                gap_histogram.record(gap.as_secs_f64());
-                report.max_poll_gap = report.max_poll_gap.max(gap);
                 let polled = consumer.poll(wait);
                 last_poll = Instant::now();
                 wait = Duration::ZERO;
                 let events = std::mem::take(&mut *consumer.context().events.lock().unwrap());
                 if !events.is_empty() {
                     // Messages polled before the rebalance belong to the old assignment.
+                    took(&mut report, &burst, &mut first_message, control);
                     state.process(&burst);
                     burst.clear();
                     for event in events {
@@ -694,17 +696,7 @@ impl KafkaInput {
                     None => break,
                 }
             }
-            if !burst.is_empty() {
-                let now = Instant::now();
-                let first = *first_message.get_or_insert(now);
-                report.reading = now - first;
-            }
-            report.messages += burst.len() as u64;
-            messages_counter.increment(burst.len() as u64);
-            control
-                .stats
-                .events_in
-                .fetch_add(burst.len() as u64, Ordering::Relaxed);
+            took(&mut report, &burst, &mut first_message, control);
             state.process(&burst);
             drop(burst);
             if let Some(e) = failed {
@@ -754,6 +746,27 @@ fn fetched_high_watermark(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high as u64)
+}
+
+/// Counts a burst of messages taken from the client.
+fn took(
+    report: &mut KafkaReport,
+    burst: &[BorrowedMessage<'_>],
+    first: &mut Option<Instant>,
+    control: &Control,
+) {
+    if burst.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    report.reading = now - *first.get_or_insert(now);
+    report.messages += burst.len() as u64;
+    metrics::counter!("lungfish_kafka_messages_total").increment(burst.len() as u64);
+    // What the progress bar shows as events in.
+    control
+        .stats
+        .events_in
+        .fetch_add(burst.len() as u64, Ordering::Relaxed);
 }
 
 /// Commits every partition whose durable state changed since its last commit.
