@@ -240,6 +240,12 @@ pub fn print_summary(s: &Summary, file: &Path) {
             k.pauses,
             k.max_poll_gap.as_millis()
         );
+        if k.commit_failures > 0 {
+            println!(
+                "  kafka: {} offset commits refused by the group (retried; see the log)",
+                k.commit_failures
+            );
+        }
     }
     if let Some(peak) = peak_memory() {
         println!("  {:<14} {:>10} MiB", "peak memory", peak / (1024 * 1024));

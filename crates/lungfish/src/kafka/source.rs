@@ -143,6 +143,8 @@ pub struct KafkaReport {
     /// From the first message taken to the last (the reading rate's time base, without
     /// joining the group or closing).
     pub reading: Duration,
+    /// Offset commits the group refused (each retried with the next commit).
+    pub commit_failures: u64,
     /// True if a bounded run reached the end of every partition it held.
     pub finished: bool,
 }
@@ -232,6 +234,7 @@ impl ConsumerContext for GroupContext {
                 && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
             {
                 self.commit_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("lungfish_kafka_commit_failures_total").increment(1);
                 tracing::warn!("kafka: committing revoked partitions' offsets: {e}");
             }
         }
@@ -714,6 +717,7 @@ impl KafkaInput {
             commit(&consumer, &committer, CommitMode::Sync);
         }
         report.partitions_held = state.held_count();
+        report.commit_failures = consumer.context().commit_failures.load(Ordering::Relaxed);
         drop(state);
         // Leaving the group revokes what is held (committing it again: no change).
         drop(consumer);
@@ -781,6 +785,10 @@ fn commit(consumer: &BaseConsumer<GroupContext>, committer: &Committer, mode: Co
     match consumer.commit(&tpl, mode) {
         Ok(()) => committer.mark_committed(changed),
         Err(e) => {
+            consumer
+                .context()
+                .commit_failures
+                .fetch_add(1, Ordering::Relaxed);
             metrics::counter!("lungfish_kafka_commit_failures_total").increment(1);
             tracing::warn!("kafka: committing offsets failed (retried with the next commit): {e}");
         }

@@ -762,9 +762,10 @@ mod tests {
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS],
         );
+        // Ok means every message of the batch had its successful delivery report
+        // (librdkafka's out-queue length is no measure of that: it also counts pending
+        // log and error callbacks, such as those of the injected error).
         sink.write(&[rows(20)]).unwrap();
-        let producer = sink.producer.as_ref().unwrap();
-        assert_eq!(producer.in_flight_count(), 0);
     }
 
     #[test]
@@ -777,8 +778,6 @@ mod tests {
         sink.open(&schema()).unwrap();
         sink.write(&[rows(2000)]).unwrap();
         assert!(sink.queue_full > 0);
-        let producer = sink.producer.as_ref().unwrap();
-        assert_eq!(producer.in_flight_count(), 0);
     }
 
     #[test]
