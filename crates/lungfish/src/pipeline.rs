@@ -224,7 +224,6 @@ impl Pipeline {
         let number_fields = cfg.number_fields();
         let fields = cfg.field_names();
         let schema = Arc::new(RowSchema::new(&p.aggregates, &number_fields));
-        let windowing = Windowing::new(&p.window);
         let shard_count = if p.shards == 0 { cores() } else { p.shards };
 
         let started_sinks = start_sinks(&cfg, self.extra_sinks, &schema, &dead_letters, &control)?;
@@ -271,38 +270,19 @@ impl Pipeline {
             log.commit(&cfg.name, &unregistered)?;
         }
         let committer = Arc::new(Committer::new(log.clone(), &cfg.name));
-        let mut operator_factories = build_operators(&cfg, &number_fields)?;
-        operator_factories.extend(self.extra_operators.iter().cloned());
-        let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
-        let number_fields: Arc<[String]> = number_fields.into();
+        let chains = chain_maker(&cfg, &number_fields, &self.extra_operators)?;
         let calls_out = cfg
             .operators
             .iter()
             .any(|o| matches!(o.config, OperatorConfig::Enrich(_)));
         let mut consumer_threads = Vec::new();
         for part in 0..partitions {
-            let chain = (!operator_factories.is_empty()).then(|| {
-                OperatorChain::new(
-                    operator_factories.iter().map(|f| f(part)).collect(),
-                    ChainSettings::default(),
-                    retry_budget.clone(),
-                )
-            });
+            let chain = chains(part);
             let settings = ConsumerSettings {
-                name: cfg.name.clone(),
-                out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis())
-                    .unwrap_or(i64::MAX),
-                batch_max_events: p.batch_max_events,
-                batch_max_age: p.batch_max_age,
                 read_bytes: memory.read_bytes(partitions, calls_out),
-                windowing,
                 fields_id: ingestor.fields_id(),
                 extractor: ingestor.extractor().clone(),
-                paths,
-                commit_interval: COMMIT_INTERVAL,
-                number_fields: number_fields.clone(),
-                queue_budget: shards.shard_queue_budget.clone(),
-                max_batch_bytes: memory.consumer_batch_bytes(partitions),
+                ..consumer_settings(&cfg, &memory, partitions, paths, &shards)
             };
             let consumer = Consumer::new(
                 part,
@@ -543,35 +523,10 @@ impl Pipeline {
             started_sinks.txs.clone(),
             &control,
         );
-        let mut operator_factories = build_operators(&cfg, &number_fields)?;
-        operator_factories.extend(self.extra_operators.iter().cloned());
-        let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
-        let chains = move |part: u32| {
-            (!operator_factories.is_empty()).then(|| {
-                OperatorChain::new(
-                    operator_factories.iter().map(|f| f(part)).collect(),
-                    ChainSettings::default(),
-                    retry_budget.clone(),
-                )
-            })
-        };
-        let settings = ConsumerSettings {
-            name: cfg.name.clone(),
-            out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis()).unwrap_or(i64::MAX),
-            batch_max_events: p.batch_max_events,
-            batch_max_age: p.batch_max_age,
-            // Kafka messages come from the client's own buffers.
-            read_bytes: 0,
-            windowing: Windowing::new(&p.window),
-            // Messages are the original JSON: always extracted.
-            fields_id: 0,
-            extractor: crate::codec::json::JsonExtractor::new(cfg.field_names()),
-            paths,
-            commit_interval: COMMIT_INTERVAL,
-            number_fields: number_fields.into(),
-            queue_budget: shards.shard_queue_budget.clone(),
-            max_batch_bytes: memory.consumer_batch_bytes(partitions),
-        };
+        let chains = chain_maker(&cfg, &number_fields, &self.extra_operators)?;
+        // Kafka messages come from the client's own buffers (no read size), and are the
+        // original JSON: always extracted (no fields fingerprint).
+        let settings = consumer_settings(&cfg, &memory, partitions, paths, &shards);
         let group = kafka.group.clone().unwrap_or_else(|| cfg.name.clone());
         let description = format!("kafka {} {:?} group {group:?}", kafka.brokers, kafka.topics);
         let input = KafkaInput::new(KafkaInputParts {
@@ -639,6 +594,55 @@ impl Pipeline {
             memory: memory_report,
             kafka: Some(report),
         })
+    }
+}
+
+/// Makes a partition's operator chain: the configured operators, then `extra`; `None`
+/// when there are none.
+fn chain_maker(
+    cfg: &PipelineConfig,
+    number_fields: &[String],
+    extra: &[OperatorFactory],
+) -> Result<impl Fn(u32) -> Option<OperatorChain> + Send + 'static, Error> {
+    let mut factories = build_operators(cfg, number_fields)?;
+    factories.extend(extra.iter().cloned());
+    let retry_budget = Arc::new(RetryBudget::new(ChainSettings::default().budget));
+    Ok(move |part: u32| {
+        (!factories.is_empty()).then(|| {
+            OperatorChain::new(
+                factories.iter().map(|f| f(part)).collect(),
+                ChainSettings::default(),
+                retry_budget.clone(),
+            )
+        })
+    })
+}
+
+/// A partition consumer's settings from the configuration and the memory plan; the
+/// log's read size and stored-fields fingerprint are left at zero (no log) and the
+/// extractor reads the configured fields.
+fn consumer_settings(
+    cfg: &PipelineConfig,
+    memory: &MemoryPlan,
+    partitions: u32,
+    paths: usize,
+    shards: &StartedShards,
+) -> ConsumerSettings {
+    let p = &cfg.pipeline;
+    ConsumerSettings {
+        name: cfg.name.clone(),
+        out_of_orderness_ms: i64::try_from(p.out_of_orderness.as_millis()).unwrap_or(i64::MAX),
+        batch_max_events: p.batch_max_events,
+        batch_max_age: p.batch_max_age,
+        read_bytes: 0,
+        windowing: Windowing::new(&p.window),
+        fields_id: 0,
+        extractor: crate::codec::json::JsonExtractor::new(cfg.field_names()),
+        paths,
+        commit_interval: COMMIT_INTERVAL,
+        number_fields: cfg.number_fields().into(),
+        queue_budget: shards.shard_queue_budget.clone(),
+        max_batch_bytes: memory.consumer_batch_bytes(partitions),
     }
 }
 

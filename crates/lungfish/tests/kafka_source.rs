@@ -7,6 +7,10 @@
 #[path = "support/kafka.rs"]
 mod kafka;
 
+#[path = "support/stalled.rs"]
+mod stalled;
+use stalled::Stalled;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +20,8 @@ use lungfish::config::{
     WindowSpec,
 };
 use lungfish::dlq::DeadLetters;
+use lungfish::sinks::DriverSettings;
 use lungfish::sinks::sqlite::SqliteSink;
-use lungfish::sinks::{DriverSettings, Sink, SinkError};
-use lungfish::window::{RowSchema, WindowRows};
 use lungfish::{Control, Pipeline, PipelineConfig};
 
 const WINDOW_MS: i64 = 1_000;
@@ -197,26 +200,6 @@ fn a_topic_becomes_exact_windows_keyed_by_message_key_and_poison_goes_to_the_dlq
         "says the message has no key: {}",
         missing.reason
     );
-}
-
-/// The real SQLite sink behind a stall: writes hang until `until`, as a store under a
-/// long lock would.
-struct Stalled {
-    inner: SqliteSink,
-    until: Instant,
-}
-
-impl Sink for Stalled {
-    fn open(&mut self, schema: &RowSchema) -> Result<(), SinkError> {
-        self.inner.open(schema)
-    }
-    fn write(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
-        std::thread::sleep(self.until.saturating_duration_since(Instant::now()));
-        self.inner.write(batch)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
 }
 
 #[test]

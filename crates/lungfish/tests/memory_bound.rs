@@ -3,6 +3,10 @@
 //! input waits in the log, and after the stall everything drains. The stalled sink's
 //! table equals a steady sink's, and every event is counted exactly once.
 
+#[path = "support/stalled.rs"]
+mod stalled;
+use stalled::Stalled;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,31 +15,9 @@ use lungfish::config::{
     SqliteSinkConfig,
 };
 use lungfish::pipeline::MemoryReport;
+use lungfish::sinks::DriverSettings;
 use lungfish::sinks::sqlite::SqliteSink;
-use lungfish::sinks::{DriverSettings, Sink, SinkError};
-use lungfish::window::{RowSchema, WindowRows};
 use lungfish::{Control, Pipeline, PipelineConfig};
-
-/// The real SQLite sink behind a stall: the first write hangs until `until`, as a
-/// store under a long lock would.
-struct Stalled {
-    inner: SqliteSink,
-    until: Instant,
-}
-
-impl Sink for Stalled {
-    fn open(&mut self, schema: &RowSchema) -> Result<(), SinkError> {
-        self.inner.open(schema)
-    }
-    fn write(&mut self, batch: &[Arc<WindowRows>]) -> Result<(), SinkError> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        std::thread::sleep(left);
-        self.inner.write(batch)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
 
 /// (window start, key, count) rows of a sink's table, in order.
 type Table = Vec<(i64, String, i64)>;
