@@ -37,8 +37,21 @@ pub struct Checkpoint {
     pub max_ts: i64,
     /// Late events of this micro-batch written to the dead-letter queue, if any.
     pub dead_letters: Option<DurableTicket>,
+    /// A state checkpoint: every shard saves the partition's open windows into this
+    /// directory on the marker, and acknowledges once its file is durable (see
+    /// [`crate::state`]).
+    pub state: Option<StateCheckpoint>,
     remaining: AtomicUsize,
     progress: Arc<PartitionProgress>,
+}
+
+/// Where a state checkpoint is saved.
+#[derive(Debug, Clone)]
+pub struct StateCheckpoint {
+    /// Its id (increasing), committed with the offset.
+    pub id: u64,
+    /// Its directory.
+    pub dir: std::path::PathBuf,
 }
 
 /// What a completed checkpoint guarantees; see the module documentation.
@@ -56,25 +69,36 @@ pub struct Completed {
     pub max_ts: i64,
     /// The dead-letter write of the checkpoint, to wait for before committing.
     pub dead_letters: Option<DurableTicket>,
+    /// The id of the state saved with it, for a state checkpoint.
+    pub state: Option<u64>,
 }
 
-/// The latest completed checkpoint of a partition.
+/// The latest completed checkpoint of a partition, and the latest completed state
+/// checkpoint.
 #[derive(Debug, Default)]
 pub struct PartitionProgress {
-    latest: Mutex<Option<Completed>>,
+    latest: Mutex<(Option<Completed>, Option<Completed>)>,
 }
 
 impl PartitionProgress {
     /// The latest completed checkpoint, if any completed.
     pub fn latest(&self) -> Option<Completed> {
-        self.latest.lock().unwrap().clone()
+        self.latest.lock().unwrap().0.clone()
+    }
+
+    /// The latest completed state checkpoint, if any completed.
+    pub fn latest_with_state(&self) -> Option<Completed> {
+        self.latest.lock().unwrap().1.clone()
     }
 
     fn complete(&self, done: Completed) {
         let mut latest = self.latest.lock().unwrap();
         // Completion calls of consecutive checkpoints may race; keep the newest.
-        if latest.as_ref().is_none_or(|l| done.seq > l.seq) {
-            *latest = Some(done);
+        if done.state.is_some() && latest.1.as_ref().is_none_or(|l| done.seq > l.seq) {
+            latest.1 = Some(done.clone());
+        }
+        if latest.0.as_ref().is_none_or(|l| done.seq > l.seq) {
+            latest.0 = Some(done);
         }
     }
 }
@@ -90,6 +114,7 @@ impl Checkpoint {
         emitted_through: i64,
         max_ts: i64,
         dead_letters: Option<DurableTicket>,
+        state: Option<StateCheckpoint>,
         paths: usize,
         progress: Arc<PartitionProgress>,
     ) -> Arc<Self> {
@@ -101,6 +126,7 @@ impl Checkpoint {
             emitted_through,
             max_ts,
             dead_letters,
+            state,
             remaining: AtomicUsize::new(paths),
             progress,
         });
@@ -125,6 +151,7 @@ impl Checkpoint {
             emitted_through: self.emitted_through,
             max_ts: self.max_ts,
             dead_letters: self.dead_letters.clone(),
+            state: self.state.as_ref().map(|s| s.id),
         });
     }
 }
@@ -136,8 +163,8 @@ mod tests {
     #[test]
     fn completes_after_every_path_and_keeps_the_latest() {
         let progress = Arc::new(PartitionProgress::default());
-        let a = Checkpoint::new(0, 1, 10, 1000, 1000, 3000, None, 2, progress.clone());
-        let b = Checkpoint::new(0, 2, 20, 2000, 2000, 4000, None, 2, progress.clone());
+        let a = Checkpoint::new(0, 1, 10, 1000, 1000, 3000, None, None, 2, progress.clone());
+        let b = Checkpoint::new(0, 2, 20, 2000, 2000, 4000, None, None, 2, progress.clone());
         a.ack();
         assert!(progress.latest().is_none());
         b.ack();
@@ -147,7 +174,18 @@ mod tests {
         assert_eq!(progress.latest().unwrap().through, 20);
         // The end-of-input marker shares `through` with the batch before it, and still
         // counts as newer.
-        let c = Checkpoint::new(0, 3, 20, i64::MAX, 3000, 4000, None, 1, progress.clone());
+        let c = Checkpoint::new(
+            0,
+            3,
+            20,
+            i64::MAX,
+            3000,
+            4000,
+            None,
+            None,
+            1,
+            progress.clone(),
+        );
         c.ack();
         assert_eq!(progress.latest().unwrap().watermark, i64::MAX);
     }

@@ -63,9 +63,13 @@ pub struct ReplayState {
     pub emitted_through: i64,
     /// Every record before this offset has been processed.
     pub processed_through: u64,
+    /// The state checkpoint committed with the offset, if any (see [`crate::state`]):
+    /// the open windows were saved, and reading resumes at the offset with them.
+    pub state_id: Option<u64>,
 }
 
 const REPLAY_TAG: &[u8; 4] = b"LWR1";
+const REPLAY_TAG_WITH_STATE: &[u8; 4] = b"LWR2";
 
 impl ReplayState {
     /// The state of a partition never processed.
@@ -73,28 +77,39 @@ impl ReplayState {
         max_ts: i64::MIN,
         emitted_through: i64::MIN,
         processed_through: 0,
+        state_id: None,
     };
 
     /// The offset-metadata bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(28);
-        v.extend_from_slice(REPLAY_TAG);
+        let mut v = Vec::with_capacity(36);
+        v.extend_from_slice(if self.state_id.is_some() {
+            REPLAY_TAG_WITH_STATE
+        } else {
+            REPLAY_TAG
+        });
         v.extend_from_slice(&self.max_ts.to_le_bytes());
         v.extend_from_slice(&self.emitted_through.to_le_bytes());
         v.extend_from_slice(&self.processed_through.to_le_bytes());
+        if let Some(id) = self.state_id {
+            v.extend_from_slice(&id.to_le_bytes());
+        }
         v
     }
 
     /// Decodes offset metadata; `None` if it was not written by [`encode`](Self::encode).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 28 || &bytes[..4] != REPLAY_TAG {
-            return None;
-        }
+        let with_state = match (bytes.len(), bytes.get(..4)) {
+            (28, Some(tag)) if tag == REPLAY_TAG => false,
+            (36, Some(tag)) if tag == REPLAY_TAG_WITH_STATE => true,
+            _ => return None,
+        };
         let i = |at: usize| i64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
         Some(ReplayState {
             max_ts: i(4),
             emitted_through: i(12),
             processed_through: i(20) as u64,
+            state_id: with_state.then(|| i(28) as u64),
         })
     }
 }
@@ -202,7 +217,15 @@ impl Committer {
         Ok(n)
     }
 
-    /// The offset last committed for `partition` by this committer, if any.
+    /// The state checkpoint last committed for `partition` by this committer, if any.
+    pub fn committed_state_id(&self, partition: u32) -> Option<u64> {
+        self.committed.lock().unwrap()[partition as usize]
+            .as_ref()
+            .and_then(|(_, meta)| ReplayState::decode(meta))
+            .and_then(|s| s.state_id)
+    }
+
+    /// The last offset committed for `partition`, if any.
     pub fn committed_offset(&self, partition: u32) -> Option<u64> {
         self.committed.lock().unwrap()[partition as usize]
             .as_ref()
@@ -241,6 +264,62 @@ pub struct ConsumerSettings {
     pub queue_budget: ByteBudget,
     /// A micro-batch is also cut when it holds about this many bytes.
     pub max_batch_bytes: usize,
+    /// A partition with no record for this long is idle: its watermark follows the
+    /// lowest watermark of the partitions that are not (`None`: never idle).
+    pub idle_timeout: Option<Duration>,
+    /// Every partition's watermark and idleness, shared by the consumers.
+    pub watermarks: Arc<Watermarks>,
+    /// Save the open windows with the committed offsets (see [`crate::state`]); `None`:
+    /// commit the offset of the oldest open window and replay from it on restart.
+    pub state: Option<StateSettings>,
+}
+
+/// How a consumer takes state checkpoints.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Where they are saved.
+    pub dir: crate::state::StateDir,
+    /// How often one is taken (also at a stop and at the end of the input).
+    pub interval: Duration,
+}
+
+/// The watermark of every partition and whether it is idle, so an idle partition can
+/// follow the others (see [`ConsumerSettings::idle_timeout`]). Written once per
+/// micro-batch.
+#[derive(Debug)]
+pub struct Watermarks {
+    marks: Vec<std::sync::atomic::AtomicI64>,
+    idle: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Watermarks {
+    /// `partitions` partitions, none with a watermark yet, none idle.
+    pub fn new(partitions: u32) -> Self {
+        Watermarks {
+            marks: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicI64::new(i64::MIN))
+                .collect(),
+            idle: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    fn set(&self, partition: u32, watermark: i64, idle: bool) {
+        if let Some(m) = self.marks.get(partition as usize) {
+            m.store(watermark, Ordering::Relaxed);
+            self.idle[partition as usize].store(idle, Ordering::Relaxed);
+        }
+    }
+
+    /// The lowest watermark of the partitions other than `partition` that are not
+    /// idle; `None` if every other partition is idle.
+    pub fn lowest_active(&self, partition: u32) -> Option<i64> {
+        (0..self.marks.len())
+            .filter(|&q| q != partition as usize && !self.idle[q].load(Ordering::Relaxed))
+            .map(|q| self.marks[q].load(Ordering::Relaxed))
+            .min()
+    }
 }
 
 /// Where a consumer's records come from; dead letters name the place.
@@ -326,6 +405,16 @@ pub struct Consumer {
     /// Wait for room in the shards' queues (a thread of its own), or leave what does
     /// not fit in the outbox for later (a poll loop that must not block).
     blocking: bool,
+    /// When the last records arrived.
+    last_record_at: Instant,
+    /// No record for `idle_timeout`: the watermark follows the other partitions'.
+    idle: bool,
+    /// When the last state checkpoint was taken, and its id.
+    last_state: (Instant, u64),
+    /// `through` at the last state checkpoint.
+    state_through: u64,
+    /// The next cut takes a state checkpoint even if nothing changed since the last.
+    force_state: bool,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -444,6 +533,11 @@ impl Consumer {
             start_offset: start,
             outbox: VecDeque::new(),
             blocking: false,
+            last_record_at: Instant::now(),
+            idle: false,
+            last_state: (Instant::now(), restored.state_id.unwrap_or(0)),
+            state_through: start,
+            force_state: false,
             settings,
         }
     }
@@ -487,6 +581,8 @@ impl Consumer {
                     self.flush(true);
                     return self.finish();
                 }
+                self.check_idle();
+                self.check_state_due();
                 self.maybe_publish();
                 let wait = if self.has_batch() {
                     self.settings
@@ -517,8 +613,59 @@ impl Consumer {
         if self.has_batch() && self.batch_age() >= self.settings.batch_max_age {
             self.cut(false);
         }
+        self.check_idle();
+        self.check_state_due();
         self.send_outbox();
         self.maybe_publish();
+    }
+
+    /// With state checkpoints on and no micro-batch in the making: if the last one is
+    /// `interval` old and records were processed since, takes one now (a quiet
+    /// partition must still commit, or a full log would never free room).
+    fn check_state_due(&mut self) {
+        let Some(st) = &self.settings.state else {
+            return;
+        };
+        if self.has_batch()
+            || self.through == self.state_through
+            || self.last_state.0.elapsed() < st.interval
+        {
+            return;
+        }
+        self.force_state = true;
+        self.cut(false);
+        self.send_outbox();
+    }
+
+    /// With an idle timeout: once no record has come for that long, marks the partition
+    /// idle and raises its watermark to the lowest of the partitions still receiving
+    /// events, sending a marker that closes what that allows. Raising it is like
+    /// receiving an event at that time: an event arriving later below the new watermark
+    /// is late.
+    fn check_idle(&mut self) {
+        let Some(timeout) = self.settings.idle_timeout else {
+            return;
+        };
+        if self.has_batch() || self.last_record_at.elapsed() < timeout {
+            return;
+        }
+        if !self.idle {
+            self.idle = true;
+            tracing::info!(
+                partition = self.partition,
+                "partition idle for {timeout:?}: its watermark follows the other partitions'"
+            );
+        }
+        let ooo = self.settings.out_of_orderness_ms;
+        let own = self.max_ts.saturating_sub(ooo);
+        let others = self.settings.watermarks.lowest_active(self.partition);
+        self.settings.watermarks.set(self.partition, own, true);
+        if let Some(target) = others.filter(|&t| t > own && t != i64::MIN) {
+            self.max_ts = target.saturating_add(ooo);
+            metrics::counter!("lungfish_idle_advances_total").increment(1);
+            self.cut(false);
+            self.send_outbox();
+        }
     }
 
     /// The next offset to process (every record before it has been).
@@ -574,6 +721,8 @@ impl Consumer {
         records: impl Iterator<Item = (u64, RecordRef<'r>)>,
         count: usize,
     ) {
+        self.last_record_at = Instant::now();
+        self.idle = false;
         if self.chain.is_some() {
             self.process_with_operators(records, count);
         } else {
@@ -810,16 +959,22 @@ impl Consumer {
         let watermark = self
             .max_ts
             .saturating_sub(self.settings.out_of_orderness_ms);
-        // Windows ending at or before `closed` are closed: by the watermark, or emitted
-        // by an earlier run (restored state).
-        let closed = self.restored.emitted_through.max(watermark);
+        // Windows ending at or before `closed` are final: by the watermark less the
+        // allowed lateness, or by an earlier run (restored state).
+        let closed = self.restored.emitted_through.max(w.final_line(watermark));
         let last_end = w.last_end(ts);
         if last_end <= closed {
             // Every window of the event is closed. Before the restored positions this is a
             // replay of an event already accounted for (in an emitted window, or in the
             // dead-letter queue): skip it. After them it is late.
             if offset >= self.restored.processed_through.max(self.late_seq) {
-                let reason = if last_end <= watermark {
+                let reason = if last_end <= w.final_line(watermark) && w.lateness_ms() > 0 {
+                    format!(
+                        "late: event time {ts} is in window [{}, {last_end}), which closed at watermark {watermark} and is past the allowed lateness of {} ms",
+                        w.last_start(ts),
+                        w.lateness_ms()
+                    )
+                } else if last_end <= watermark {
                     format!(
                         "late: event time {ts} is in window [{}, {last_end}), which closed at watermark {watermark}",
                         w.last_start(ts)
@@ -844,7 +999,13 @@ impl Consumer {
             self.pending += 1;
             let max_ts_before = self.max_ts;
             let (open, last_noted) = (&mut self.open, &mut self.last_noted);
+            // With state checkpoints the committed offset is the checkpoint's own: no
+            // need to know where the open windows began.
+            let track = self.settings.state.is_none();
             w.for_each_open(ts, closed, |start| {
+                if !track {
+                    return;
+                }
                 if *last_noted == Some(start) {
                     return;
                 }
@@ -995,7 +1156,11 @@ impl Consumer {
             self.max_ts
                 .saturating_sub(self.settings.out_of_orderness_ms),
         );
-        // At the end of the input every window closes; what is recorded as emitted is the
+        let final_line = self
+            .restored
+            .emitted_through
+            .max(self.settings.windowing.final_line(normal));
+        // At the end of the input every window closes; what is recorded as final is the
         // last window that can hold any event seen, so later input (a longer file, a
         // larger count) finds those windows closed and dead-letters what falls into them,
         // and is processed normally past them.
@@ -1005,9 +1170,9 @@ impl Consumer {
             } else {
                 self.settings.windowing.last_end(self.max_ts)
             };
-            (i64::MAX, normal.max(last))
+            (i64::MAX, final_line.max(last))
         } else {
-            (normal, normal)
+            (normal, final_line)
         };
         let processed = std::mem::take(&mut self.processed_since_flush);
         self.control
@@ -1021,10 +1186,20 @@ impl Consumer {
         self.pending = 0;
         self.batch_bytes = 0;
         self.batch_started = None;
-        if self.last_marker == Some((self.through, watermark)) && !wrote_dead_letters {
+        self.settings.watermarks.set(partition, normal, self.idle);
+        if self.last_marker == Some((self.through, watermark))
+            && !wrote_dead_letters
+            && !self.force_state
+        {
             return;
         }
+        self.force_state = false;
         self.last_marker = Some((self.through, watermark));
+        let state = self.take_state(close_all);
+        if state.is_none() && self.control.is_aborting() {
+            return;
+        }
+        let paths = self.settings.paths + state.as_ref().map_or(0, |_| self.shards.len());
         self.checkpoint_seq += 1;
         let cp: Arc<Checkpoint> = Checkpoint::new(
             partition,
@@ -1034,13 +1209,52 @@ impl Consumer {
             emitted_through,
             self.max_ts,
             self.last_dead_letters.clone(),
-            self.settings.paths,
+            state,
+            paths,
             self.progress.clone(),
         );
         for s in 0..self.shards.len() {
             self.outbox.push_back((s, ShardMsg::Marker(cp.clone())));
         }
         self.last_checkpoint = Some(cp);
+    }
+
+    /// With state checkpoints on, whether this checkpoint saves state (every
+    /// `interval`, at a stop and at the end of the input): creates its directory and
+    /// writes the consumer's own part. Aborts the pipeline if it cannot.
+    fn take_state(&mut self, close_all: bool) -> Option<crate::checkpoint::StateCheckpoint> {
+        let st = self.settings.state.as_ref()?;
+        if !(close_all || self.control.is_stopping() || self.last_state.0.elapsed() >= st.interval)
+        {
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let id = now.max(self.last_state.1 + 1);
+        let made = st
+            .dir
+            .create(self.partition, id)
+            .and_then(|dir| crate::state::write_consumer(&dir, &self.state_blob()).map(|()| dir));
+        match made {
+            Ok(dir) => {
+                self.last_state = (Instant::now(), id);
+                self.state_through = self.through;
+                Some(crate::checkpoint::StateCheckpoint { id, dir })
+            }
+            Err(e) => {
+                self.control.abort(format!(
+                    "state checkpoint of partition {}: {e}",
+                    self.partition
+                ));
+                None
+            }
+        }
+    }
+
+    /// The consumer's own part of a state checkpoint.
+    fn state_blob(&self) -> Vec<u8> {
+        Vec::new()
     }
 
     /// Waits for the last checkpoint to complete, then publishes it.
@@ -1074,7 +1288,12 @@ impl Consumer {
     /// `wait` for its dead letters to be durable. Returns false if it could not yet.
     fn publish(&mut self, wait: Duration) -> bool {
         self.last_publish_at = Instant::now();
-        let Some(done) = self.progress.latest() else {
+        let done = if self.settings.state.is_some() {
+            self.progress.latest_with_state()
+        } else {
+            self.progress.latest()
+        };
+        let Some(done) = done else {
             return true;
         };
         if self.last_published == Some(done.seq) {
@@ -1095,21 +1314,46 @@ impl Consumer {
                 }
             }
         }
-        let w = self.settings.windowing;
-        self.open.retain(|o| w.end(o.start) > done.watermark);
-        self.last_noted = None;
-        let (offset, max_ts) = self
-            .open
-            .iter()
-            .filter(|o| o.first_offset < done.through)
-            .min_by_key(|o| o.first_offset)
-            .map_or((done.through, done.max_ts), |o| {
-                (o.first_offset, o.max_ts_before)
-            });
-        let state = ReplayState {
-            max_ts,
-            emitted_through: done.emitted_through.max(self.restored.emitted_through),
-            processed_through: done.through,
+        let emitted_through = done.emitted_through.max(self.restored.emitted_through);
+        let (offset, state) = if let (Some(st), Some(id)) = (&self.settings.state, done.state) {
+            // The state files are durable; their directory entries must be too before
+            // the commit names them.
+            if let Err(e) = st.dir.sync(self.partition, id) {
+                self.control.abort(format!(
+                    "state checkpoint of partition {}: {e}",
+                    self.partition
+                ));
+                return true;
+            }
+            if let Some(committed) = self.committer.committed_state_id(self.partition) {
+                st.dir.remove_older(self.partition, Some(committed));
+            }
+            let state = ReplayState {
+                max_ts: done.max_ts,
+                emitted_through,
+                processed_through: done.through,
+                state_id: Some(id),
+            };
+            (done.through, state)
+        } else {
+            let w = self.settings.windowing;
+            self.open.retain(|o| w.end(o.start) > done.emitted_through);
+            self.last_noted = None;
+            let (offset, max_ts) = self
+                .open
+                .iter()
+                .filter(|o| o.first_offset < done.through)
+                .min_by_key(|o| o.first_offset)
+                .map_or((done.through, done.max_ts), |o| {
+                    (o.first_offset, o.max_ts_before)
+                });
+            let state = ReplayState {
+                max_ts,
+                emitted_through,
+                processed_through: done.through,
+                state_id: None,
+            };
+            (offset, state)
         };
         self.committer
             .publish(self.partition, offset, state.encode());
@@ -1137,10 +1381,18 @@ mod tests {
 
     #[test]
     fn replay_state_round_trips() {
+        let with_state = ReplayState {
+            max_ts: 5,
+            emitted_through: 6,
+            processed_through: 7,
+            state_id: Some(8),
+        };
+        assert_eq!(ReplayState::decode(&with_state.encode()), Some(with_state));
         let s = ReplayState {
             max_ts: -5,
             emitted_through: i64::MAX,
             processed_through: 77,
+            state_id: None,
         };
         assert_eq!(ReplayState::decode(&s.encode()), Some(s));
         assert_eq!(ReplayState::decode(b"nope"), None);

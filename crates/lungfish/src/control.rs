@@ -15,8 +15,11 @@ pub struct Stats {
     pub processed: AtomicU64,
     /// Late events sent to the dead-letter queue, this run.
     pub late: AtomicU64,
-    /// Window rows emitted by shards, this run.
+    /// Window rows emitted by shards, this run (corrections included).
     pub windows: AtomicU64,
+    /// Rows emitted again because late events (within the allowed lateness) changed
+    /// a window that had already fired, this run.
+    pub corrections: AtomicU64,
     /// Rows durably written, summed over sinks, this run.
     pub rows_written: AtomicU64,
     /// Set once every source has finished and its appends are durable.

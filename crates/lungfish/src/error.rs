@@ -50,6 +50,9 @@ pub enum Error {
     /// The pipeline stopped because a stage failed; the message says which and why.
     #[error("{0}")]
     Failed(String),
+    /// The saved window state could not be read at start.
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
 }
 
 impl Error {
@@ -57,7 +60,7 @@ impl Error {
     pub fn domain(&self) -> Domain {
         match self {
             Error::Config(_) => Domain::Input,
-            Error::Log(_) | Error::Sink { .. } => Domain::External,
+            Error::Log(_) | Error::Sink { .. } | Error::State(_) => Domain::External,
             Error::Source { error, .. } => match error {
                 RunError::Source(crate::sources::SourceError::Config(_)) => Domain::Input,
                 _ => Domain::External,
@@ -79,6 +82,7 @@ impl Error {
                 RunError::Source(crate::sources::SourceError::Config(_))
             ),
             Error::Failed(_) => false,
+            Error::State(e) => matches!(e, crate::state::StateError::Io { .. }),
         }
     }
 }

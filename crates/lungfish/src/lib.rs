@@ -44,9 +44,11 @@ pub mod operator;
 pub mod pipeline;
 mod prefetch;
 pub mod retry;
+pub mod session;
 pub mod shard;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod telemetry;
 pub mod window;
 

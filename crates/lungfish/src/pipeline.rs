@@ -22,7 +22,7 @@ use lungfish_log::{Log, LogConfig, OffsetCommit};
 
 use crate::budget::ByteBudget;
 use crate::config::{MemoryPlan, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
-use crate::consumer::{Committer, Consumer, ConsumerSettings};
+use crate::consumer::{Committer, Consumer, ConsumerSettings, ReplayState, StateSettings};
 use crate::control::Control;
 use crate::data_dir::DataDir;
 use crate::dlq::DeadLetters;
@@ -41,6 +41,7 @@ use crate::sources::file::{FileSource, pinned_files};
 use crate::sources::generator::GeneratorSource;
 use crate::sources::{ChunkSource, SourceContext, SourceReport, run_source};
 #[allow(unused_imports)] // without the kafka feature
+use crate::state::{Restored, StateDir};
 use crate::window::{RowSchema, Windowing};
 
 /// How often consumers publish, and the committer commits, offsets.
@@ -80,8 +81,10 @@ pub struct Summary {
     pub processed: u64,
     /// Late events sent to the dead-letter queue, this run.
     pub late: u64,
-    /// Window rows emitted, this run.
+    /// Window rows emitted, this run (corrections included).
     pub windows: u64,
+    /// Rows emitted again because late events changed a fired window, this run.
+    pub corrections: u64,
     /// Events in the log over all runs.
     pub log_events: u64,
     /// Dead-letter entries over all runs, by (stage, kind).
@@ -236,6 +239,21 @@ impl Pipeline {
             .filter(|s| matches!(s.config, SourceConfig::Http(_)))
             .count();
         let memory = MemoryPlan::new(p.memory_limit, http_sources);
+        let state_dir = StateDir::new(&cfg.data_dir, &cfg.name);
+        let restoring = Instant::now();
+        let restores = restore_state(&cfg, &log, &state_dir, shard_count, &number_fields)?;
+        let state_restored = (
+            restores.iter().map(|(_, r)| r.entries).sum::<u64>(),
+            restoring.elapsed(),
+        );
+        if !restores.is_empty() {
+            tracing::info!(
+                keys = state_restored.0,
+                elapsed = ?state_restored.1,
+                partitions = restores.len(),
+                "restored open windows from the committed state checkpoints"
+            );
+        }
         let shards = start_shards(
             &cfg,
             &memory,
@@ -244,6 +262,7 @@ impl Pipeline {
             &schema,
             sink_txs,
             &control,
+            restores,
         );
         let shard_txs = shards.txs.clone();
 
@@ -276,14 +295,20 @@ impl Pipeline {
             .iter()
             .any(|o| matches!(o.config, OperatorConfig::Enrich(_)));
         let mut consumer_threads = Vec::new();
+        // One settings value for all: the consumers share its watermark registry.
+        let base = ConsumerSettings {
+            state: (!p.checkpoint_interval.is_zero()).then(|| StateSettings {
+                dir: state_dir.clone(),
+                interval: p.checkpoint_interval,
+            }),
+            read_bytes: memory.read_bytes(partitions, calls_out),
+            fields_id: ingestor.fields_id(),
+            extractor: ingestor.extractor().clone(),
+            ..consumer_settings(&cfg, &memory, partitions, paths, &shards)
+        };
         for part in 0..partitions {
             let chain = chains(part);
-            let settings = ConsumerSettings {
-                read_bytes: memory.read_bytes(partitions, calls_out),
-                fields_id: ingestor.fields_id(),
-                extractor: ingestor.extractor().clone(),
-                ..consumer_settings(&cfg, &memory, partitions, paths, &shards)
-            };
+            let settings = base.clone();
             let consumer = Consumer::new(
                 part,
                 log.clone(),
@@ -472,6 +497,7 @@ impl Pipeline {
             processed: stats.processed.load(Ordering::Relaxed),
             late: stats.late.load(Ordering::Relaxed),
             windows: stats.windows.load(Ordering::Relaxed),
+            corrections: stats.corrections.load(Ordering::Relaxed),
             log_events,
             dead_letters: dead_letters.counts()?,
             sources: reports,
@@ -522,6 +548,7 @@ impl Pipeline {
             &schema,
             started_sinks.txs.clone(),
             &control,
+            Vec::new(),
         );
         let chains = chain_maker(&cfg, &number_fields, &self.extra_operators)?;
         // Kafka messages come from the client's own buffers (no read size), and are the
@@ -577,6 +604,7 @@ impl Pipeline {
             processed: stats.processed.load(Ordering::Relaxed),
             late: stats.late.load(Ordering::Relaxed),
             windows: stats.windows.load(Ordering::Relaxed),
+            corrections: stats.corrections.load(Ordering::Relaxed),
             log_events: 0,
             dead_letters: dead_letters.counts()?,
             sources: vec![SourceReport {
@@ -635,7 +663,7 @@ fn consumer_settings(
         batch_max_events: p.batch_max_events,
         batch_max_age: p.batch_max_age,
         read_bytes: 0,
-        windowing: Windowing::new(&p.window),
+        windowing: Windowing::new(&p.window).with_lateness(p.allowed_lateness),
         fields_id: 0,
         extractor: crate::codec::json::JsonExtractor::new(cfg.field_names()),
         paths,
@@ -643,6 +671,9 @@ fn consumer_settings(
         number_fields: cfg.number_fields().into(),
         queue_budget: shards.shard_queue_budget.clone(),
         max_batch_bytes: memory.consumer_batch_bytes(partitions),
+        idle_timeout: (!p.idle_timeout.is_zero()).then_some(p.idle_timeout),
+        watermarks: Arc::new(crate::consumer::Watermarks::new(partitions)),
+        state: None,
     }
 }
 
@@ -830,8 +861,10 @@ fn start_shards(
     schema: &Arc<RowSchema>,
     sink_txs: Vec<crossbeam_channel::Sender<SinkMsg>>,
     control: &Arc<Control>,
+    mut restores: Vec<(u32, Restored)>,
 ) -> StartedShards {
-    let windowing = Windowing::new(&cfg.pipeline.window);
+    let windowing =
+        Windowing::new(&cfg.pipeline.window).with_lateness(cfg.pipeline.allowed_lateness);
     let shard_queue_budget = ByteBudget::for_stage(memory.shard_queues, "shards");
     let sink_queue_budget = ByteBudget::for_stage(memory.sink_queues, "sinks");
     let state_bytes = Arc::new(StateBytes::default());
@@ -850,6 +883,17 @@ fn start_shards(
             memory.state / shard_count as u64,
             state_bytes.clone(),
         );
+        let mut shard = shard;
+        for (partition, restored) in &mut restores {
+            shard.restore(
+                *partition,
+                std::mem::take(&mut restored.windows[s]),
+                std::mem::replace(
+                    &mut restored.sessions[s],
+                    crate::session::SessionTable::new(0, 0),
+                ),
+            );
+        }
         shard_threads.push(spawn(&format!("lungfish-shard-{s}"), move || shard.run(rx)));
     }
     StartedShards {
@@ -859,6 +903,34 @@ fn start_shards(
         sink_queue_budget,
         state_bytes,
     }
+}
+
+/// Reads the state checkpoint committed for each partition, if any, placed on
+/// `shard_count` shards, and deletes the state no commit names.
+fn restore_state(
+    cfg: &PipelineConfig,
+    log: &Log,
+    state_dir: &StateDir,
+    shard_count: usize,
+    number_fields: &[String],
+) -> Result<Vec<(u32, Restored)>, Error> {
+    let windowing =
+        Windowing::new(&cfg.pipeline.window).with_lateness(cfg.pipeline.allowed_lateness);
+    let mut restores = Vec::new();
+    for (partition, committed) in log.committed(&cfg.name)?.iter().enumerate() {
+        let partition = partition as u32;
+        let id = committed
+            .as_ref()
+            .and_then(|c| ReplayState::decode(&c.metadata))
+            .and_then(|s| s.state_id);
+        state_dir.remove_older(partition, id);
+        if let Some(id) = id {
+            let dir = state_dir.checkpoint(partition, id);
+            let restored = crate::state::load(&dir, shard_count, &windowing, number_fields.len())?;
+            restores.push((partition, restored));
+        }
+    }
+    Ok(restores)
 }
 
 /// Batching for a database sink.

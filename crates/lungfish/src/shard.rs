@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use crate::budget::{ByteBudget, Lease};
 use crate::checkpoint::Checkpoint;
 use crate::control::Control;
+use crate::session::SessionTable;
 use crate::window::{RowSchema, WindowRows, WindowTable, Windowing};
 
 /// Events of one micro-batch of one partition bound for one shard, by column.
@@ -168,6 +169,7 @@ impl StateBytes {
 
 /// A shard's state and loop.
 pub(crate) struct Shard {
+    index: usize,
     windowing: Windowing,
     schema: Arc<RowSchema>,
     number_fields: usize,
@@ -175,6 +177,8 @@ pub(crate) struct Shard {
     /// (about (out-of-orderness + size) / slide), so a short vector searched from the
     /// newest end beats a tree.
     windows: Vec<Vec<(i64, WindowTable)>>,
+    /// Per source partition, for session windows: the open sessions.
+    sessions: Vec<SessionTable>,
     sinks: Vec<Sender<SinkMsg>>,
     control: Arc<Control>,
     /// Bytes the rows waiting for the sinks may hold, over all shards.
@@ -202,11 +206,16 @@ impl Shard {
         state_share: u64,
         state_total: Arc<StateBytes>,
     ) -> Self {
+        let number_fields = schema.number_fields();
         Shard {
+            index,
             windowing,
-            number_fields: schema.number_fields(),
+            number_fields,
             schema,
             windows: (0..partitions).map(|_| Vec::new()).collect(),
+            sessions: (0..partitions)
+                .map(|_| SessionTable::new(windowing.size_ms(), number_fields))
+                .collect(),
             sinks,
             control,
             rows_budget,
@@ -225,7 +234,12 @@ impl Shard {
             .iter()
             .flatten()
             .map(|(_, table)| table.heap_bytes())
-            .sum();
+            .sum::<u64>()
+            + self
+                .sessions
+                .iter()
+                .map(SessionTable::heap_bytes)
+                .sum::<u64>();
         self.state_bytes.set(bytes as f64);
         self.state_total.update(self.state_last, bytes);
         self.state_last = bytes;
@@ -239,6 +253,18 @@ impl Shard {
                  the windows or the out-of-orderness"
             );
         }
+    }
+
+    /// Puts back the state of `partition` saved by a state checkpoint.
+    pub fn restore(
+        &mut self,
+        partition: u32,
+        windows: Vec<(i64, WindowTable)>,
+        sessions: SessionTable,
+    ) {
+        self.windows[partition as usize] = windows;
+        self.sessions[partition as usize] = sessions;
+        self.measure_state();
     }
 
     /// Runs until every sender is gone or the pipeline aborts.
@@ -255,9 +281,31 @@ impl Shard {
                     if !self.close(&cp) {
                         return;
                     }
+                    if let Some(state) = &cp.state {
+                        let p = cp.partition as usize;
+                        let written = crate::state::write_shard(
+                            &state.dir,
+                            self.index,
+                            &self.windowing,
+                            self.number_fields,
+                            &self.windows[p],
+                            &self.sessions[p],
+                        );
+                        match written {
+                            Ok(()) => cp.ack(),
+                            Err(e) => {
+                                self.control.abort(format!(
+                                    "state checkpoint {}: {e}",
+                                    state.dir.display()
+                                ));
+                                return;
+                            }
+                        }
+                    }
                 }
                 Ok(ShardMsg::Forget(partition)) => {
                     self.windows[partition as usize].clear();
+                    self.sessions[partition as usize].clear();
                     self.measure_state();
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -273,6 +321,21 @@ impl Shard {
     fn add(&mut self, batch: &ShardBatch) {
         /// How many events ahead a slot is prefetched: enough to overlap a few misses.
         const AHEAD: usize = 8;
+        if self.windowing.is_session() {
+            let sessions = &mut self.sessions[batch.partition as usize];
+            let n = self.number_fields;
+            let mut key_from = 0usize;
+            for i in 0..batch.len() {
+                let key_to = batch.key_ends[i] as usize;
+                sessions.add(
+                    &batch.key_data[key_from..key_to],
+                    batch.ts[i],
+                    &batch.numbers[i * n..i * n + n],
+                );
+                key_from = key_to;
+            }
+            return;
+        }
         let windows = &mut self.windows[batch.partition as usize];
         let n = self.number_fields;
         let mut key_from = 0usize;
@@ -295,22 +358,58 @@ impl Shard {
         }
     }
 
-    /// Closes the windows the marker allows and passes rows and marker on. Returns
-    /// false if the pipeline is aborting.
+    /// Emits the rows the marker allows, drops the windows that became final, and
+    /// passes rows and marker on. Returns false if the pipeline is aborting.
+    ///
+    /// A window *fires* when the watermark reaches its end: all its rows are emitted.
+    /// With allowed lateness it stays in state until the final line (watermark minus
+    /// the lateness) reaches its end; meanwhile each marker emits the rows late events
+    /// changed (corrections: the same window and key, new values).
     fn close(&mut self, cp: &Arc<Checkpoint>) -> bool {
         let windows = &mut self.windows[cp.partition as usize];
-        // Windows starting before this one end at or before the watermark.
-        let first_open = cp
-            .watermark
-            .saturating_sub(self.windowing.size_ms())
-            .saturating_add(1);
-        let n_closed = windows.partition_point(|(start, _)| *start < first_open);
-        let closed: Vec<(i64, WindowTable)> = windows.drain(..n_closed).collect();
-        if !closed.is_empty() {
-            let mut rows = WindowRows::new(self.schema.clone());
-            for (start, table) in closed {
+        let size = self.windowing.size_ms();
+        let final_line = self
+            .windowing
+            .final_line(cp.watermark)
+            .max(cp.emitted_through);
+        // Windows starting before `first_x` end at or before line x.
+        let first_open = cp.watermark.saturating_sub(size).saturating_add(1);
+        let first_kept = final_line.saturating_sub(size).saturating_add(1);
+        let n_final = windows.partition_point(|(start, _)| *start < first_kept);
+        let n_fired = windows.partition_point(|(start, _)| *start < first_open);
+        let mut rows = WindowRows::new(self.schema.clone());
+        let mut corrections = 0u64;
+        if self.windowing.is_session() {
+            let (_, c) =
+                self.sessions[cp.partition as usize].close(cp.watermark, final_line, &mut rows);
+            corrections += c;
+        }
+        for (start, table) in windows.drain(..n_final) {
+            if table.has_fired() {
+                let mut table = table;
+                corrections +=
+                    table.emit_changes(start, self.windowing.end(start), &mut rows) as u64;
+            } else {
                 table.emit(start, self.windowing.end(start), &mut rows);
             }
+        }
+        for (start, table) in windows.iter_mut().take(n_fired.saturating_sub(n_final)) {
+            let fired = table.has_fired();
+            let n = table.emit_changes(*start, self.windowing.end(*start), &mut rows);
+            if fired {
+                corrections += n as u64;
+            }
+        }
+        if corrections > 0 {
+            self.control
+                .stats
+                .corrections
+                .fetch_add(corrections, Ordering::Relaxed);
+            metrics::counter!("lungfish_window_corrections_total").increment(corrections);
+        }
+        let closed = rows;
+        if !closed.is_empty() {
+            let mut rows = closed;
             self.control
                 .stats
                 .windows

@@ -19,42 +19,80 @@ use std::sync::Arc;
 use crate::budget::Lease;
 use crate::config::{AggFunc, AggregateSpec, WindowSpec};
 
-/// Which windows an event time falls into.
+/// Which windows an event time falls into, and how long they take late events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windowing {
     size: i64,
     slide: i64,
+    /// Allowed lateness, milliseconds.
+    lateness: i64,
+    /// Session windows: `size` is the gap.
+    session: bool,
 }
 
 impl Windowing {
-    /// Windows of the given spec. Sizes are rounded to whole milliseconds, at least 1.
+    /// Windows of the given spec, with no allowed lateness. Sizes are rounded to whole
+    /// milliseconds, at least 1.
     pub fn new(spec: &WindowSpec) -> Self {
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);
-        match spec {
-            WindowSpec::Tumbling { size } => Windowing {
-                size: ms(*size),
-                slide: ms(*size),
-            },
-            WindowSpec::Sliding { size, slide } => Windowing {
-                size: ms(*size),
-                slide: ms(*slide),
-            },
+        let (size, slide, session) = match spec {
+            WindowSpec::Tumbling { size } => (ms(*size), ms(*size), false),
+            WindowSpec::Sliding { size, slide } => (ms(*size), ms(*slide), false),
+            WindowSpec::Session { gap } => (ms(*gap), ms(*gap), true),
+        };
+        Windowing {
+            size,
+            slide,
+            lateness: 0,
+            session,
         }
     }
 
-    /// Window size in milliseconds.
+    /// The same windows, kept `lateness` after the watermark closes them for late
+    /// events (whole milliseconds).
+    pub fn with_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Window size in milliseconds (the gap, for session windows).
     pub fn size_ms(&self) -> i64 {
         self.size
     }
 
-    /// Start of the latest window containing `ts`.
+    /// Allowed lateness in milliseconds.
+    pub fn lateness_ms(&self) -> i64 {
+        self.lateness
+    }
+
+    /// True for session windows.
+    pub fn is_session(&self) -> bool {
+        self.session
+    }
+
+    /// The line below which windows are final at `watermark`: a window ending at or
+    /// before it takes no more events and is dropped from state.
+    #[inline]
+    pub fn final_line(&self, watermark: i64) -> i64 {
+        if watermark == i64::MAX {
+            i64::MAX
+        } else {
+            watermark.saturating_sub(self.lateness)
+        }
+    }
+
+    /// Start of the latest window containing `ts` (`ts` itself, for session windows).
     #[inline]
     pub fn last_start(&self, ts: i64) -> i64 {
+        if self.session {
+            return ts;
+        }
         ts.div_euclid(self.slide).saturating_mul(self.slide)
     }
 
-    /// End of the latest window containing `ts`: the event is late once the watermark
-    /// reaches it.
+    /// End of the latest window containing `ts`: the event is late once the final line
+    /// reaches it. For session windows, `ts + gap`: the end of the session the event
+    /// opens or extends.
     #[inline]
     pub fn last_end(&self, ts: i64) -> i64 {
         self.last_start(ts).saturating_add(self.size)
@@ -67,12 +105,16 @@ impl Windowing {
     }
 
     /// Calls `f` with the start of every window containing `ts` whose end is above
-    /// `cutoff`, latest first.
+    /// `cutoff`, latest first. For session windows, `ts` itself if `ts + gap` is above
+    /// `cutoff`.
     #[inline]
     pub fn for_each_open(&self, ts: i64, cutoff: i64, mut f: impl FnMut(i64)) {
         let mut start = self.last_start(ts);
         while start > ts.saturating_sub(self.size) && self.end(start) > cutoff {
             f(start);
+            if self.session {
+                return;
+            }
             start = start.saturating_sub(self.slide);
         }
     }
@@ -239,6 +281,100 @@ impl WindowRows {
     }
 }
 
+/// The aggregate state of one key in one window, on its own: what session windows
+/// keep per session. ([`WindowTable`] keeps the same state packed for many keys.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accumulator {
+    count: u64,
+    /// Sum, minimum and maximum of each number field.
+    vals: Vec<f64>,
+}
+
+impl Accumulator {
+    /// Empty state for events carrying `number_fields` numbers.
+    pub fn new(number_fields: usize) -> Self {
+        let mut vals = Vec::with_capacity(number_fields * 3);
+        for _ in 0..number_fields {
+            vals.extend_from_slice(&EMPTY_AGG);
+        }
+        Accumulator { count: 0, vals }
+    }
+
+    /// Adds one event's numbers (in field order).
+    #[inline]
+    pub fn add(&mut self, numbers: &[f64]) {
+        self.count += 1;
+        for (f, &n) in numbers.iter().enumerate() {
+            fold(&mut self.vals[f * 3..f * 3 + 3], n);
+        }
+    }
+
+    /// Adds `other`'s events, as if they had been added here.
+    pub fn merge(&mut self, other: &Accumulator) {
+        self.count += other.count;
+        for (a, b) in self
+            .vals
+            .chunks_exact_mut(3)
+            .zip(other.vals.chunks_exact(3))
+        {
+            a[0] += b[0];
+            a[1] = a[1].min(b[1]);
+            a[2] = a[2].max(b[2]);
+        }
+    }
+
+    /// The state as saved in a checkpoint: the count, then sum, min and max of each
+    /// number field.
+    pub fn parts(&self) -> (u64, &[f64]) {
+        (self.count, &self.vals)
+    }
+
+    /// State saved with [`parts`](Self::parts); `None` if `aggs` does not hold three
+    /// numbers per field.
+    pub fn from_parts(count: u64, aggs: &[f64], number_fields: usize) -> Option<Self> {
+        (aggs.len() == number_fields * 3).then(|| Accumulator {
+            count,
+            vals: aggs.to_vec(),
+        })
+    }
+
+    /// Number of events added.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.vals.capacity() * 8) as u64
+    }
+
+    /// Appends the row values for `schema`'s columns to `out`.
+    fn values(&self, schema: &RowSchema, out: &mut Vec<f64>) {
+        for &(func, field) in &schema.plan {
+            let agg = |i: usize| self.vals[field * 3 + i];
+            out.push(match func {
+                AggFunc::Count => self.count as f64,
+                AggFunc::Sum => agg(0),
+                AggFunc::Min => agg(1),
+                AggFunc::Max => agg(2),
+                AggFunc::Mean => agg(0) / self.count as f64,
+            });
+        }
+    }
+}
+
+impl WindowRows {
+    /// Appends the row of `key` in window `[start, end)` with `acc`'s aggregates.
+    pub fn push_accumulated(&mut self, start: i64, end: i64, key: &[u8], acc: &Accumulator) {
+        self.starts.push(start);
+        self.ends.push(end);
+        self.key_data.extend_from_slice(key);
+        self.key_ends.push(self.key_data.len() as u32);
+        let schema = self.schema.clone();
+        acc.values(&schema, &mut self.values);
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     hash: u64,
@@ -253,6 +389,8 @@ struct Slot {
     first: [f64; 3],
     /// Where the other number fields' sum/min/max start in the value arena.
     vals_at: u32,
+    /// Changed since the window last emitted its rows (only tracked once it has).
+    dirty: bool,
 }
 
 const EMPTY_AGG: [f64; 3] = [0.0, f64::INFINITY, f64::NEG_INFINITY];
@@ -291,6 +429,8 @@ pub struct WindowTable {
     keys: Vec<u8>,
     vals: Vec<f64>,
     stride: usize,
+    /// The window has emitted its rows once; later changes mark their key dirty.
+    fired: bool,
 }
 
 const EMPTY_SLOT: Slot = Slot {
@@ -301,6 +441,7 @@ const EMPTY_SLOT: Slot = Slot {
     count: 0,
     first: EMPTY_AGG,
     vals_at: 0,
+    dirty: false,
 };
 
 impl WindowTable {
@@ -312,6 +453,7 @@ impl WindowTable {
             keys: Vec::new(),
             vals: Vec::new(),
             stride: number_fields * 3,
+            fired: false,
         }
     }
 
@@ -344,6 +486,23 @@ impl WindowTable {
     /// aggregated numbers in field order.
     #[inline]
     pub fn add(&mut self, hash: u64, key: &[u8], numbers: impl Iterator<Item = f64>) {
+        let i = self.slot_of(hash, key);
+        let slot = &mut self.slots[i];
+        slot.count += 1;
+        slot.dirty |= self.fired;
+        let mut numbers = numbers;
+        if let Some(n) = numbers.next() {
+            fold(&mut slot.first, n);
+        }
+        let at = slot.vals_at as usize;
+        for (f, n) in numbers.enumerate() {
+            fold(&mut self.vals[at + f * 3..at + f * 3 + 3], n);
+        }
+    }
+
+    /// The slot of `key`, claimed (with empty aggregates) if it is new.
+    #[inline]
+    fn slot_of(&mut self, hash: u64, key: &[u8]) -> usize {
         if (self.len + 1) * 10 > self.slots.len() * 7 {
             self.grow();
         }
@@ -369,9 +528,10 @@ impl WindowTable {
                     count: 0,
                     first: EMPTY_AGG,
                     vals_at,
+                    dirty: false,
                 };
                 self.len += 1;
-                break;
+                return i;
             }
             if s.hash == hash
                 && s.prefix == prefix
@@ -379,19 +539,9 @@ impl WindowTable {
                 && (len <= 8
                     || &self.keys[s.key_at as usize..(s.key_at + s.key_len) as usize] == key)
             {
-                break;
+                return i;
             }
             i = (i + 1) & mask;
-        }
-        let slot = &mut self.slots[i];
-        slot.count += 1;
-        let mut numbers = numbers;
-        if let Some(n) = numbers.next() {
-            fold(&mut slot.first, n);
-        }
-        let at = slot.vals_at as usize;
-        for (f, n) in numbers.enumerate() {
-            fold(&mut self.vals[at + f * 3..at + f * 3 + 3], n);
         }
     }
 
@@ -413,8 +563,85 @@ impl WindowTable {
     /// Emits one row per key into `out`, keys in ascending byte order (so output is
     /// reproducible), and consumes the window.
     pub fn emit(self, start: i64, end: i64, out: &mut WindowRows) {
+        let slots: Vec<Slot> = self.slots.iter().filter(|s| s.count > 0).copied().collect();
+        self.emit_slots(slots, start, end, out);
+    }
+
+    /// Adds a key's whole state (as [`for_each_key`](Self::for_each_key) gives it):
+    /// `count` events whose number fields folded to `aggs` (sum, min, max per field).
+    /// Merging the states of two tables gives the table of all their events.
+    pub fn merge_key(&mut self, hash: u64, key: &[u8], count: u64, aggs: &[f64], dirty: bool) {
+        if count == 0 {
+            return;
+        }
+        let i = self.slot_of(hash, key);
+        let slot = &mut self.slots[i];
+        slot.count += count;
+        slot.dirty |= dirty || self.fired;
+        let merge = |a: &mut [f64], b: &[f64]| {
+            a[0] += b[0];
+            a[1] = a[1].min(b[1]);
+            a[2] = a[2].max(b[2]);
+        };
+        if aggs.len() >= 3 {
+            merge(&mut slot.first, &aggs[..3]);
+        }
+        let at = slot.vals_at as usize;
+        for f in 1..self.stride / 3 {
+            merge(
+                &mut self.vals[at + (f - 1) * 3..at + f * 3],
+                &aggs[f * 3..f * 3 + 3],
+            );
+        }
+    }
+
+    /// Calls `f(hash, key, count, aggs, dirty)` for every key, `aggs` holding sum, min
+    /// and max of each number field in order.
+    pub fn for_each_key(&self, mut f: impl FnMut(u64, &[u8], u64, &[f64], bool)) {
+        let mut aggs = Vec::with_capacity(self.stride);
+        for s in self.slots.iter().filter(|s| s.count > 0) {
+            aggs.clear();
+            if self.stride > 0 {
+                aggs.extend_from_slice(&s.first);
+                let at = s.vals_at as usize;
+                aggs.extend_from_slice(&self.vals[at..at + self.stride - 3]);
+            }
+            let key = &self.keys[s.key_at as usize..(s.key_at + s.key_len) as usize];
+            f(s.hash, key, s.count, &aggs, s.dirty);
+        }
+    }
+
+    /// Marks the window as having emitted its rows (restored from a checkpoint).
+    pub fn set_fired(&mut self, fired: bool) {
+        self.fired = fired;
+    }
+
+    /// True once the window has emitted its rows ([`emit_changes`](Self::emit_changes)).
+    pub fn has_fired(&self) -> bool {
+        self.fired
+    }
+
+    /// Emits the rows not emitted yet and keeps the window (it is still taking late
+    /// events): every key the first time, then only the keys changed since. Returns
+    /// the number of rows emitted.
+    pub fn emit_changes(&mut self, start: i64, end: i64, out: &mut WindowRows) -> usize {
+        let fired = self.fired;
+        let mut slots = Vec::new();
+        for s in self.slots.iter_mut().filter(|s| s.count > 0) {
+            if !fired || s.dirty {
+                s.dirty = false;
+                slots.push(*s);
+            }
+        }
+        self.fired = true;
+        let n = slots.len();
+        self.emit_slots(slots, start, end, out);
+        n
+    }
+
+    /// Emits `slots`' rows in ascending key order.
+    fn emit_slots(&self, mut slots: Vec<Slot>, start: i64, end: i64, out: &mut WindowRows) {
         let schema = out.schema.clone();
-        let mut slots: Vec<Slot> = self.slots.into_iter().filter(|s| s.count > 0).collect();
         let keys = &self.keys;
         let key_of = |s: &Slot| &keys[s.key_at as usize..(s.key_at + s.key_len) as usize];
         slots.sort_unstable_by(|a, b| key_of(a).cmp(key_of(b)));

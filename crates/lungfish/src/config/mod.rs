@@ -651,6 +651,20 @@ pub struct ProcessingConfig {
     pub id: String,
     /// Watermark bound: how far behind the latest event time an event may arrive.
     pub out_of_orderness: Duration,
+    /// How long a window stays open for late events after the watermark closed it
+    /// (0 = none). A late event inside it updates its window and the sinks receive the
+    /// corrected row (an upsert of the same window and key); past it the event goes to
+    /// the dead-letter queue as `late`.
+    pub allowed_lateness: Duration,
+    /// How often the open windows are saved with the committed offsets (a *state
+    /// checkpoint*, see [`crate::state`]), so a restart loads them and reads on from
+    /// there instead of replaying the log from the oldest open window. `0` turns them
+    /// off (replay on restart). Not used with a Kafka source, whose restarts replay.
+    pub checkpoint_interval: Duration,
+    /// A partition that receives no event for this long stops holding its windows back:
+    /// its watermark advances to the lowest watermark of the partitions still receiving
+    /// events (0 = never; the default).
+    pub idle_timeout: Duration,
     /// Number of worker shards; 0 means one per core (at most 256).
     pub shards: usize,
     /// A micro-batch is cut at this many events (>= 1) ...
@@ -670,7 +684,8 @@ pub struct ProcessingConfig {
 }
 
 impl Default for ProcessingConfig {
-    /// Fields `user`, `ts`, `id`; 2s out-of-orderness; one shard per core; micro-batches of
+    /// Fields `user`, `ts`, `id`; 2s out-of-orderness, no allowed lateness, state
+    /// checkpoints every 5s, no idle timeout; one shard per core; micro-batches of
     /// 8192 events or 50ms; events up to 64KiB; a memory limit of 256MiB. Window and aggregates are required in
     /// pipeline files; here they default to 1s tumbling windows and `count`.
     fn default() -> Self {
@@ -679,6 +694,9 @@ impl Default for ProcessingConfig {
             time: "ts".to_owned(),
             id: "id".to_owned(),
             out_of_orderness: Duration::from_secs(2),
+            allowed_lateness: Duration::ZERO,
+            checkpoint_interval: Duration::from_secs(5),
+            idle_timeout: Duration::ZERO,
             shards: 0,
             batch_max_events: 8192,
             batch_max_age: Duration::from_millis(50),
@@ -784,24 +802,34 @@ pub enum WindowSpec {
         /// Distance between window starts (> 0, whole milliseconds, <= `size`).
         slide: Duration,
     },
+    /// Per key, a window that grows while events keep arriving less than `gap` apart
+    /// (in event time) and closes `gap` after its last event. A row's window is
+    /// `[first event time, last event time + gap)`.
+    Session {
+        /// Inactivity that closes a session (> 0, whole milliseconds).
+        gap: Duration,
+    },
 }
 
 impl WindowSpec {
     /// The known window types, as written in `type`.
-    pub const TYPES: [&'static str; 2] = ["tumbling", "sliding"];
+    pub const TYPES: [&'static str; 3] = ["tumbling", "sliding", "session"];
 
-    /// The window length.
+    /// The window length (the gap, for session windows: their shortest length).
     pub fn size(&self) -> Duration {
         match *self {
             WindowSpec::Tumbling { size } | WindowSpec::Sliding { size, .. } => size,
+            WindowSpec::Session { gap } => gap,
         }
     }
 
-    /// The distance between window starts (the size, for tumbling windows).
+    /// The distance between window starts (the size, for tumbling windows; the gap, for
+    /// session windows).
     pub fn slide(&self) -> Duration {
         match *self {
             WindowSpec::Tumbling { size } => size,
             WindowSpec::Sliding { slide, .. } => slide,
+            WindowSpec::Session { gap } => gap,
         }
     }
 }

@@ -127,6 +127,9 @@ const PIPELINE_KEYS: &[&str] = &[
     "time",
     "id",
     "out_of_orderness",
+    "allowed_lateness",
+    "checkpoint_interval",
+    "idle_timeout",
     "shards",
     "batch_max_events",
     "batch_max_age",
@@ -137,6 +140,7 @@ const PIPELINE_KEYS: &[&str] = &[
 ];
 const TUMBLING_KEYS: &[&str] = &["type", "size"];
 const SLIDING_KEYS: &[&str] = &["type", "size", "slide"];
+const SESSION_KEYS: &[&str] = &["type", "gap"];
 const SQLITE_KEYS: &[&str] = &[
     "type",
     "path",
@@ -968,6 +972,15 @@ impl Reader {
             out_of_orderness: self
                 .value(t, "out_of_orderness", as_duration)
                 .unwrap_or(d.out_of_orderness),
+            allowed_lateness: self
+                .value(t, "allowed_lateness", as_duration)
+                .unwrap_or(d.allowed_lateness),
+            checkpoint_interval: self
+                .value(t, "checkpoint_interval", as_duration)
+                .unwrap_or(d.checkpoint_interval),
+            idle_timeout: self
+                .value(t, "idle_timeout", as_duration)
+                .unwrap_or(d.idle_timeout),
             shards: self.value(t, "shards", as_uint).unwrap_or(d.shards),
             batch_max_events: self
                 .value(t, "batch_max_events", as_uint)
@@ -1001,6 +1014,12 @@ impl Reader {
             let size = self.required(t, "size", "size = \"1s\"")?;
             let size = self.convert(size, as_duration)?;
             return Some(WindowSpec::Tumbling { size });
+        }
+        if kind == "session" {
+            self.unknown_keys(t, SESSION_KEYS);
+            let gap = self.required(t, "gap", "gap = \"30s\"")?;
+            let gap = self.convert(gap, as_duration)?;
+            return Some(WindowSpec::Session { gap });
         }
         self.unknown_keys(t, SLIDING_KEYS);
         let size = self

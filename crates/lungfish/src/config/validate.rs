@@ -108,6 +108,12 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
                         "a kafka source must be the pipeline's only source: its topic takes the place of the embedded log (to bring other inputs in, produce them to the topic, or run them in another pipeline with a kafka sink)",
                     );
                 }
+                if matches!(config.pipeline.window, WindowSpec::Session { .. }) {
+                    out.related(
+                        vec![join(&path, "type"), "pipeline.window.type".to_owned()],
+                        "session windows are not available with a kafka source yet: a new owner of a partition rebuilds windows by replaying from the oldest open one, which a session cannot name; use tumbling or sliding windows",
+                    );
+                }
             }
         }
     }
@@ -530,6 +536,21 @@ fn check_processing(out: &mut Issues, p: &ProcessingConfig, log: &LogSettings) {
     }
 
     check_window(out, &p.window);
+    if !p.allowed_lateness.subsec_nanos().is_multiple_of(1_000_000) {
+        out.add(
+            "pipeline.allowed_lateness",
+            "must be a whole number of milliseconds (event times are in milliseconds)",
+        );
+    }
+    if matches!(p.window, WindowSpec::Session { .. }) && p.checkpoint_interval.is_zero() {
+        out.related(
+            vec![
+                "pipeline.window.type".to_owned(),
+                "pipeline.checkpoint_interval".to_owned(),
+            ],
+            "session windows need state checkpoints (a restart cannot replay from the oldest open session): set checkpoint_interval above 0",
+        );
+    }
 
     if p.aggregates.is_empty() {
         out.add(
@@ -609,6 +630,9 @@ fn check_window(out: &mut Issues, window: &WindowSpec) {
     match *window {
         WindowSpec::Tumbling { size } => {
             whole_ms(out, "pipeline.window.size", size);
+        }
+        WindowSpec::Session { gap } => {
+            whole_ms(out, "pipeline.window.gap", gap);
         }
         WindowSpec::Sliding { size, slide } => {
             let size_ok = whole_ms(out, "pipeline.window.size", size);

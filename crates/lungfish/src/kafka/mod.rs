@@ -85,6 +85,7 @@ mod tests {
             max_ts: 1_700_000_000_123,
             emitted_through: -4,
             processed_through: 99,
+            state_id: None,
         };
         let text = encode_metadata(&state.encode());
         assert!(text.starts_with("lungfish:1:"), "{text}");
