@@ -30,6 +30,7 @@ pub mod config;
 pub mod consumer;
 pub mod control;
 pub mod data_dir;
+pub mod dedup;
 pub mod dlq;
 pub mod dlq_replay;
 #[cfg(feature = "enrich")]
@@ -47,6 +48,7 @@ pub mod retry;
 pub mod session;
 pub mod shard;
 pub mod sinks;
+pub mod sketch;
 pub mod sources;
 pub mod state;
 pub mod telemetry;
