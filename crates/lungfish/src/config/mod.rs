@@ -10,7 +10,7 @@
 mod aggregate;
 mod error;
 mod read;
-mod suggest;
+pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
 pub mod units;
