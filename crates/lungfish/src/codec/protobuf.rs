@@ -14,7 +14,8 @@
 //! | numbers | `double`, `float`, any integer type (converted to `f64`, rounded to nearest) |
 //!
 //! `bool`, `bytes`, enums, messages, maps and `repeated` fields are refused at load, as
-//! are more than 64 distinct field names. A `float` number is widened exactly, so a
+//! are more than 64 distinct field names. The id is optional in every event, as in
+//! JSON: a message type without a field of that name gives events without an id. A `float` number is widened exactly, so a
 //! value that is not a binary fraction (`0.1`) differs from the same decimal in JSON:
 //! use `double` for parity.
 //!
@@ -506,9 +507,11 @@ impl ProtobufExtractor {
         };
         let key = add(&fields.key, ROLE_KEY, None, "key")?;
         let time = add(&fields.time, ROLE_TIME, None, "event time")?;
+        // The id is optional in every event, as in JSON: a message type without a
+        // field of that name gives events without an id.
         let id = match &fields.id {
-            Some(id) => Some(add(id, ROLE_ID, None, "id")?),
-            None => None,
+            Some(id) if desc.get_field_by_name(id).is_some() => Some(add(id, ROLE_ID, None, "id")?),
+            _ => None,
         };
         for (i, n) in fields.numbers.iter().enumerate() {
             add(n, 0, Some(i), "aggregated number")?;
