@@ -275,6 +275,7 @@ fn main() {
         blocks += 1;
         json_bytes += b.json.len() as u64;
         pb_bytes += b.pb.len() as u64;
+        #[allow(clippy::needless_range_loop)] // runs interleave: `run` indexes each codec's row
         for run in 0..RUNS {
             // serde_json
             let t = cpu_seconds();

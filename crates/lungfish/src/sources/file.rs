@@ -452,6 +452,64 @@ mod tests {
         assert_eq!(chunks[2].first_line, 3);
     }
 
+    #[cfg(feature = "protobuf")]
+    #[test]
+    fn protobuf_files_are_cut_at_message_ends_and_oversized_or_broken_framing_is_skipped() {
+        use crate::codec::protobuf::{Delimited, Frame, write_delimited};
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..40u8 {
+            starts.push(data.len() as u64);
+            let len = if i == 20 { 500 } else { 5 + (i as usize % 7) };
+            write_delimited(&mut data, &vec![i; len]);
+        }
+        let broken_at = data.len() as u64;
+        data.extend_from_slice(&[0xff; 12]);
+        data.extend_from_slice(&[1, 1, 1]);
+        let path = dir.path().join("a.pb");
+        std::fs::write(&path, &data).unwrap();
+        let mut src =
+            FileSource::new(vec![path.clone()], 64, 16).with_format(InputFormat::Protobuf);
+        let chunks = drain(&mut src);
+        // Every chunk starts at a message and holds whole ones (or the oversized one's
+        // head, or the broken rest's head); together they cover the file once.
+        let mut seen = Vec::new();
+        let mut next = 0;
+        for c in &chunks {
+            assert_eq!(c.format, InputFormat::Protobuf);
+            let Positions::Bytes { start } = c.positions else {
+                panic!()
+            };
+            assert_eq!(start, next, "chunks follow each other");
+            next = c.end;
+            for f in Delimited::new(&c.data, 16) {
+                match f {
+                    Frame::Message { offset, .. } | Frame::TooLarge { offset, .. } => {
+                        seen.push((start + offset as u64, matches!(f, Frame::TooLarge { .. })));
+                    }
+                    Frame::Broken { offset, .. } => seen.push((start + offset as u64, true)),
+                }
+            }
+        }
+        assert_eq!(next, data.len() as u64);
+        let want: Vec<(u64, bool)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i == 20))
+            .chain([(broken_at, true)])
+            .collect();
+        assert_eq!(seen, want);
+        // The oversized message is not held: its chunk is its prefix and head.
+        assert!(chunks.iter().all(|c| c.data.len() <= 64), "bounded chunks");
+        // A restart resumes at a message, exactly.
+        let mut src = FileSource::new(vec![path], 64, 16).with_format(InputFormat::Protobuf);
+        src.seek(starts[30]).unwrap();
+        let c = src.next_chunk(Vec::new()).unwrap().unwrap();
+        assert_eq!(c.positions, Positions::Bytes { start: starts[30] });
+        assert_eq!(c.data[1], 30);
+    }
+
     #[test]
     fn globs_resolve_in_order_and_missing_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
