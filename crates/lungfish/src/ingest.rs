@@ -481,7 +481,7 @@ impl Ingestor {
             return;
         }
         // No schema (or no Protobuf support in this build): the chunk cannot be read.
-        let _ = (capacity, &numbers);
+        let _ = (capacity, &numbers, skip);
         if !data.is_empty() && position(0, 0) >= skip_rejects {
             out.events += 1;
             out.rejects.push(Rejected {
