@@ -252,6 +252,9 @@ pub struct ConsumerSettings {
     pub fields_id: u32,
     /// Extracts the fields again from records written with other field names.
     pub extractor: JsonExtractor,
+    /// Extracts them again from such records holding Protobuf (the pipeline's schema).
+    #[cfg(feature = "protobuf")]
+    pub protobuf: Option<crate::codec::protobuf::ProtobufExtractor>,
     /// Acknowledgements a checkpoint needs (shards x sinks).
     pub paths: usize,
     /// How often to publish the commit state.
@@ -856,23 +859,42 @@ impl Consumer {
             Err(e) => return Err(("undecodable", e.to_string(), record)),
         };
         let n = self.numbers.len();
-        let (key, ts): (std::borrow::Cow<'_, [u8]>, i64) =
-            if event.fields_id == self.settings.fields_id && event.number_count() == n {
-                for i in 0..n {
-                    self.numbers[i] = event.number(i);
-                }
-                (std::borrow::Cow::Borrowed(event.key), event.ts)
-            } else {
-                // Written with other field names: extract again from the stored JSON.
-                match self
+        let (key, ts): (std::borrow::Cow<'_, [u8]>, i64) = if event.fields_id
+            == self.settings.fields_id
+            && event.number_count() == n
+        {
+            for i in 0..n {
+                self.numbers[i] = event.number(i);
+            }
+            (std::borrow::Cow::Borrowed(event.key), event.ts)
+        } else {
+            // Written with other field names: extract again from the stored payload.
+            match event.format {
+                crate::codec::InputFormat::Json => match self
                     .settings
                     .extractor
                     .extract(event.raw, &mut self.numbers)
                 {
                     Ok(x) => (std::borrow::Cow::Owned(x.key.as_bytes().to_vec()), x.ts),
                     Err(r) => return Err((r.kind(), r.to_string(), event.raw)),
+                },
+                #[cfg(feature = "protobuf")]
+                crate::codec::InputFormat::Protobuf if self.settings.protobuf.is_some() => {
+                    let pb = self.settings.protobuf.as_ref().expect("checked");
+                    match pb.extract(event.raw, &mut self.numbers) {
+                        Ok(x) => {
+                            let key = x.key.to_cow().into_owned().into_bytes();
+                            (std::borrow::Cow::Owned(key), x.ts)
+                        }
+                        Err(r) => return Err((r.kind(), r.to_string(), event.raw)),
+                    }
                 }
-            };
+                crate::codec::InputFormat::Protobuf => {
+                    let reason = "the record holds Protobuf and the pipeline has no [protobuf] schema to read it with".to_owned();
+                    return Err(("unsupported_format", reason, event.raw));
+                }
+            }
+        };
         if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts) {
             let reason =
                 format!("event time {ts} is outside the supported range of ±{MAX_EVENT_TIME} ms");

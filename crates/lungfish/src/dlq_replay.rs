@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use lungfish_log::{BatchBuilder, DurableTicket, Log, LogConfig, LogError, Producer};
 
+use crate::codec::InputFormat;
 use crate::config::{PipelineConfig, SourceConfig};
 use crate::data_dir::DataDir;
 use crate::dlq::{
@@ -155,27 +156,22 @@ struct Ingestors {
 }
 
 impl Ingestors {
-    fn new(cfg: &PipelineConfig) -> Self {
-        let make = |max_event_size: u64| {
-            Ingestor::new(
-                cfg.field_names(),
-                cfg.log.partitions,
-                max_event_size as usize,
-                cfg.log.max_batch_size as usize,
-            )
-        };
+    fn new(cfg: &PipelineConfig) -> Result<Self, Error> {
         let mut by_stage = HashMap::new();
         for s in &cfg.sources {
             if let SourceConfig::Http(h) = &s.config
                 && let Some(size) = h.max_event_size
             {
-                by_stage.insert(format!("source:{}", s.name), make(size));
+                by_stage.insert(
+                    format!("source:{}", s.name),
+                    Ingestor::for_pipeline(cfg, cfg.log.partitions, size)?,
+                );
             }
         }
-        Ingestors {
-            default: make(cfg.pipeline.max_event_size),
+        Ok(Ingestors {
+            default: Ingestor::for_pipeline(cfg, cfg.log.partitions, cfg.pipeline.max_event_size)?,
             by_stage,
-        }
+        })
     }
 
     fn for_stage(&self, stage: &str) -> &Ingestor {
@@ -242,7 +238,7 @@ pub fn replay(
         cfg,
         dlq,
         log,
-        ingestors: Ingestors::new(cfg),
+        ingestors: Ingestors::new(cfg)?,
         last_id: resolutions.last_replay_id().unwrap_or(0),
         resolutions,
         origin: Arc::from("dead-letter queue"),
@@ -400,24 +396,27 @@ impl Replay<'_> {
                     reason,
                 }
             };
-            let line = match one_line(&entry.payload) {
-                Ok(line) => line,
-                Err(reason) => {
-                    let outcome = reject("invalid_json", reason);
-                    round.entries.push((offset, outcome));
-                    continue;
-                }
+            let ingestor = self.ingestors.for_stage(&entry.stage);
+            let (line, format) = match payload_format(ingestor, &entry.payload) {
+                InputFormat::Protobuf => (delimited(&entry.payload), InputFormat::Protobuf),
+                InputFormat::Json => match one_line(&entry.payload) {
+                    Ok(line) => (line, InputFormat::Json),
+                    Err(reason) => {
+                        let outcome = reject("invalid_json", reason);
+                        round.entries.push((offset, outcome));
+                        continue;
+                    }
+                },
             };
             let chunk = RawChunk {
                 data: line,
+                format,
                 positions: Positions::Lines { first: offset },
                 end: offset + 1,
                 origin: self.origin.clone(),
                 first_line: 1,
             };
-            self.ingestors
-                .for_stage(&entry.stage)
-                .ingest(&chunk, &skip, skip_rejects, &mut out);
+            ingestor.ingest(&chunk, &skip, skip_rejects, &mut out);
             let outcome = if let Some(r) = out.rejects.pop() {
                 reject(r.kind, r.reason)
             } else if let Some(p) = out.batches.iter().position(|b| !b.is_empty()) {
@@ -498,6 +497,35 @@ fn append(
 /// The payload as one line, as the HTTP source puts a JSON value on one line: line
 /// breaks outside strings are whitespace. A raw line break inside a string is refused,
 /// as everywhere (JSON wants `\n` there).
+/// What an entry's payload is. Entries do not record it: a payload that is one valid
+/// JSON document is JSON; any other is a Protobuf message when the pipeline has a
+/// `[protobuf]` schema (no valid Protobuf event is also a JSON document: a message
+/// starting with `{` or whitespace and parsing as JSON would need a string field made of
+/// JSON), else JSON (and refused as such).
+fn payload_format(ingestor: &Ingestor, payload: &[u8]) -> InputFormat {
+    #[cfg(feature = "protobuf")]
+    if ingestor.protobuf().is_some()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err()
+    {
+        return InputFormat::Protobuf;
+    }
+    let _ = (ingestor, payload);
+    InputFormat::Json
+}
+
+/// `payload` as a one-message length-delimited batch.
+fn delimited(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    let mut len = payload.len() as u64;
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(payload);
+    out
+}
+
 fn one_line(payload: &[u8]) -> Result<Vec<u8>, String> {
     let mut line = payload.to_vec();
     let mut in_string = false;

@@ -6,21 +6,27 @@
 //! the original JSON, so consumers never parse JSON again:
 //!
 //! ```text
-//! u8   format        1
+//! u8   format        1: the payload is JSON; 2: the payload is a Protobuf message
 //! u32  fields id     fingerprint of the field names the header was extracted with
 //! i64  event time    epoch milliseconds
 //! u16  key length,  key bytes (UTF-8)
 //! u16  id length,   id bytes (UTF-8, may be empty)
 //! u8   n,           n x f64   the aggregated numbers, in the pipeline's field order
-//! ...  the original JSON document, to the end of the record
+//! ...  the original payload (JSON document or Protobuf message), to the end of the record
 //! ```
 //! All integers little-endian. If a pipeline's field names change, the fields id no
-//! longer matches and the consumer extracts the header again from the stored JSON.
+//! longer matches and the consumer extracts the header again from the stored payload,
+//! with the extractor the format byte names. Format 1 is what every earlier version
+//! wrote, and JSON records are still written as format 1.
 
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The format byte of records written by this version.
+use crate::codec::InputFormat;
+
+/// The format byte of records whose payload is JSON.
 pub const EVENT_FORMAT: u8 = 1;
+/// The format byte of records whose payload is a Protobuf message.
+pub const EVENT_FORMAT_PROTOBUF: u8 = 2;
 const FIXED_LEN: usize = 1 + 4 + 8;
 
 /// Why a record could not be decoded as an event.
@@ -50,12 +56,30 @@ pub enum EncodeError {
     TooManyNumbers(usize),
 }
 
-/// Appends the record of one event to `out`.
+/// Appends the record of one event whose payload is JSON to `out`.
 ///
 /// # Errors
 /// A key or id longer than 65,535 bytes, or more than 255 numbers; `out` is unchanged.
 pub fn encode(
     out: &mut Vec<u8>,
+    fields_id: u32,
+    ts: i64,
+    key: &[u8],
+    id: &[u8],
+    numbers: &[f64],
+    raw: &[u8],
+) -> Result<(), EncodeError> {
+    encode_as(out, InputFormat::Json, fields_id, ts, key, id, numbers, raw)
+}
+
+/// Appends the record of one event whose payload `raw` is in `format` to `out`.
+///
+/// # Errors
+/// As [`encode`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_as(
+    out: &mut Vec<u8>,
+    format: InputFormat,
     fields_id: u32,
     ts: i64,
     key: &[u8],
@@ -73,7 +97,10 @@ pub fn encode(
         return Err(EncodeError::TooManyNumbers(numbers.len()));
     }
     out.reserve(FIXED_LEN + 5 + key.len() + id.len() + numbers.len() * 8 + raw.len());
-    out.push(EVENT_FORMAT);
+    out.push(match format {
+        InputFormat::Json => EVENT_FORMAT,
+        InputFormat::Protobuf => EVENT_FORMAT_PROTOBUF,
+    });
     out.extend_from_slice(&fields_id.to_le_bytes());
     out.extend_from_slice(&ts.to_le_bytes());
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
@@ -100,8 +127,10 @@ pub struct EventRef<'a> {
     /// The id (UTF-8, empty if the event had none).
     pub id: &'a [u8],
     numbers: &'a [u8],
-    /// The original JSON document.
+    /// The original payload: a JSON document or a Protobuf message, as `format` says.
     pub raw: &'a [u8],
+    /// What `raw` is (from the record's format byte).
+    pub format: InputFormat,
 }
 
 impl<'a> EventRef<'a> {
@@ -113,9 +142,11 @@ impl<'a> EventRef<'a> {
         if bytes.len() < FIXED_LEN + 2 {
             return Err(DecodeError::Truncated);
         }
-        if bytes[0] != EVENT_FORMAT {
-            return Err(DecodeError::UnknownFormat(bytes[0]));
-        }
+        let format = match bytes[0] {
+            EVENT_FORMAT => InputFormat::Json,
+            EVENT_FORMAT_PROTOBUF => InputFormat::Protobuf,
+            other => return Err(DecodeError::UnknownFormat(other)),
+        };
         let fields_id = u32::from_le_bytes(bytes[1..5].try_into().unwrap());
         let ts = i64::from_le_bytes(bytes[5..13].try_into().unwrap());
         let mut at = FIXED_LEN;
@@ -141,6 +172,7 @@ impl<'a> EventRef<'a> {
             id,
             numbers,
             raw: &bytes[at..],
+            format,
         })
     }
 
@@ -205,6 +237,45 @@ mod tests {
         );
         assert_eq!(e.number_count(), 2);
         assert_eq!((e.number(0), e.number(1)), (1.5, -2.0));
+        assert_eq!((buf[0], e.format), (1, InputFormat::Json));
+    }
+
+    #[test]
+    fn protobuf_payloads_are_marked_and_format_one_records_still_read() {
+        let mut buf = Vec::new();
+        let msg = [0x0a, 1, b'u', 0x10, 5];
+        encode_as(
+            &mut buf,
+            InputFormat::Protobuf,
+            3,
+            5,
+            b"u",
+            b"",
+            &[2.0],
+            &msg,
+        )
+        .unwrap();
+        assert_eq!(buf[0], EVENT_FORMAT_PROTOBUF);
+        let e = EventRef::decode(&buf).unwrap();
+        assert_eq!(
+            (e.format, e.raw, e.ts),
+            (InputFormat::Protobuf, &msg[..], 5)
+        );
+        // A record as every earlier version wrote it (format 1, pinned bytes).
+        let old: Vec<u8> = [1u8]
+            .into_iter()
+            .chain(7u32.to_le_bytes())
+            .chain(9i64.to_le_bytes())
+            .chain([1, 0, b'k', 0, 0, 0])
+            .chain(*b"{}")
+            .collect();
+        let e = EventRef::decode(&old).unwrap();
+        assert_eq!(
+            (e.format, e.fields_id, e.ts, e.key, e.raw),
+            (InputFormat::Json, 7, 9, &b"k"[..], &b"{}"[..])
+        );
+        buf[0] = 3;
+        assert_eq!(EventRef::decode(&buf), Err(DecodeError::UnknownFormat(3)));
     }
 
     #[test]

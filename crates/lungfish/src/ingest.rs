@@ -1,7 +1,8 @@
 //! Ingest: the one place raw input becomes events.
 //!
-//! A source cuts its input into [`RawChunk`]s of whole lines. An [`Ingestor`] parses
-//! each line once ([`crate::codec::json`]), checks it, encodes it as an event record
+//! A source cuts its input into [`RawChunk`]s of whole lines (JSON) or whole
+//! length-delimited messages (Protobuf). An [`Ingestor`] parses each event once
+//! ([`crate::codec::json`], or `crate::codec::protobuf` for Protobuf chunks), checks it, encodes it as an event record
 //! ([`crate::event`]) into the batch of the key's partition, and keeps every line it
 //! rejects with its position and reason. [`IngestPool`] runs ingestors on worker
 //! threads (one per core), so parsing, the heaviest step of the pipeline, uses every
@@ -18,7 +19,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use lungfish_log::{BATCH_HEADER_LEN, BatchBuilder};
 
+use crate::codec::InputFormat;
 use crate::codec::json::{FieldNames, JsonExtractor};
+#[cfg(feature = "protobuf")]
+use crate::codec::protobuf::{Delimited, Frame, ProtobufExtractor};
 use crate::consumer::MAX_EVENT_TIME;
 use crate::event::{self, key_hash, partition_for};
 
@@ -38,18 +42,25 @@ pub enum Positions {
     },
 }
 
-/// A piece of input: whole lines separated by `\n`.
+/// A piece of input: whole lines separated by `\n` (JSON), or whole length-delimited
+/// messages (Protobuf).
 #[derive(Debug, Clone)]
 pub struct RawChunk {
-    /// The bytes. Always ends at a line end (a final line may lack its `\n`).
+    /// The bytes. Always ends at a line end (a final line may lack its `\n`), or at a
+    /// message's end.
     pub data: Vec<u8>,
+    /// How the bytes are cut into events and read.
+    pub format: InputFormat,
     /// How lines are numbered.
     pub positions: Positions,
     /// Position just after the chunk; where the next chunk starts.
     pub end: u64,
     /// Where the chunk came from, for error reports (a file path, a generator name).
     pub origin: Arc<str>,
-    /// Line number (1-based) of the chunk's first line in its origin.
+    /// Line number (1-based) of the chunk's first line in its origin. For Protobuf
+    /// with [`Positions::Lines`], the number of the first message (locations are
+    /// `ORIGIN:N`); with [`Positions::Bytes`] locations are `ORIGIN@BYTE`, the offset of
+    /// the message's length prefix.
     pub first_line: u64,
 }
 
@@ -58,7 +69,8 @@ pub struct RawChunk {
 pub struct Rejected {
     /// The line's position.
     pub position: u64,
-    /// Where it came from: origin and line number, e.g. `events.jsonl:17`.
+    /// Where it came from: origin and line number, e.g. `events.jsonl:17` (a Protobuf
+    /// file: origin and byte offset, `events.pb@4096`).
     pub location: String,
     /// A short, stable label of the kind of problem (for metrics), e.g. `wrong_type`.
     pub kind: &'static str,
@@ -107,12 +119,17 @@ pub struct Ingested {
     pub end: u64,
     /// Bytes of input in the chunk.
     pub input_bytes: u64,
+    /// Events in the chunk (non-blank lines, or messages and unsplittable rests),
+    /// accepted or not.
+    pub events: u64,
 }
 
 /// Validates lines and encodes them as event records routed to partitions.
 #[derive(Debug, Clone)]
 pub struct Ingestor {
     extractor: JsonExtractor,
+    #[cfg(feature = "protobuf")]
+    protobuf: Option<ProtobufExtractor>,
     fields_id: u32,
     partitions: u32,
     max_event_size: usize,
@@ -139,11 +156,53 @@ impl Ingestor {
         );
         Ingestor {
             extractor: JsonExtractor::new(fields),
+            #[cfg(feature = "protobuf")]
+            protobuf: None,
             fields_id,
             partitions,
             max_event_size,
             max_batch_bytes,
         }
+    }
+
+    /// The ingestor of a pipeline: its field names, log batch size and `[protobuf]`
+    /// schema (compiled now), for a log of `partitions` partitions, refusing events over
+    /// `max_event_size` bytes.
+    ///
+    /// # Errors
+    /// The schema cannot be read, compiled or fitted to the field names.
+    pub fn for_pipeline(
+        cfg: &crate::config::PipelineConfig,
+        partitions: u32,
+        max_event_size: u64,
+    ) -> Result<Self, crate::Error> {
+        let ingestor = Ingestor::new(
+            cfg.field_names(),
+            partitions,
+            max_event_size as usize,
+            cfg.log.max_batch_size as usize,
+        );
+        #[cfg(feature = "protobuf")]
+        match cfg.protobuf_extractor() {
+            Ok(Some(pb)) => return Ok(ingestor.with_protobuf(pb)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(crate::Error::Config(crate::config::ConfigErrors(vec![
+                    crate::config::ConfigError {
+                        file: cfg
+                            .protobuf
+                            .as_ref()
+                            .map(|p| p.file.clone())
+                            .unwrap_or_default(),
+                        line: 0,
+                        column: 0,
+                        field: "protobuf".to_owned(),
+                        message: e.to_string(),
+                    },
+                ])));
+            }
+        }
+        Ok(ingestor)
     }
 
     /// The number of log partitions events are routed to.
@@ -160,6 +219,77 @@ impl Ingestor {
     /// field names).
     pub fn extractor(&self) -> &JsonExtractor {
         &self.extractor
+    }
+
+    /// This ingestor, reading Protobuf chunks with `extractor` (built for the same field
+    /// names). Without one, every message of a Protobuf chunk is rejected.
+    #[cfg(feature = "protobuf")]
+    pub fn with_protobuf(mut self, extractor: ProtobufExtractor) -> Self {
+        self.protobuf = Some(extractor);
+        self
+    }
+
+    /// The Protobuf extractor, if the pipeline has a schema.
+    #[cfg(feature = "protobuf")]
+    pub fn protobuf(&self) -> Option<&ProtobufExtractor> {
+        self.protobuf.as_ref()
+    }
+
+    /// Checks an extracted event and adds its record to its partition's batch: `Ok(true)`
+    /// if added, `Ok(false)` if its partition already has it (`skip`), or the kind and
+    /// reason it is refused for.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn accept(
+        &self,
+        out: &mut Ingested,
+        capacity: usize,
+        skip: &[u64],
+        position: u64,
+        event: (&[u8], &[u8], i64, &[f64]),
+        payload: &[u8],
+        format: InputFormat,
+    ) -> Result<bool, (&'static str, String)> {
+        let (key, id, ts, numbers) = event;
+        if key.len() > u16::MAX as usize || id.len() > u16::MAX as usize {
+            return Err(("too_large", "key or id longer than 65535 bytes".to_owned()));
+        }
+        if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ts) {
+            return Err((
+                "out_of_range",
+                format!(
+                    "field `{}` is {ts}, outside the supported range of event times (±{MAX_EVENT_TIME} ms, about ±31,700 years around 1970)",
+                    self.extractor.fields().time,
+                ),
+            ));
+        }
+        let record = RECORD_OVERHEAD + key.len() + id.len() + numbers.len() * 8 + payload.len();
+        if record + BATCH_HEADER_LEN > self.max_batch_bytes {
+            return Err((
+                "too_large",
+                format!(
+                    "the event's record ({record} bytes with its key and id) does not fit in a log batch ({} bytes)",
+                    self.max_batch_bytes
+                ),
+            ));
+        }
+        let p = partition_for(key_hash(key), self.partitions) as usize;
+        if position < skip[p] {
+            return Ok(false);
+        }
+        let fields_id = self.fields_id;
+        let target = &mut out.batches[p];
+        if !target.open.is_empty() && target.open.encoded_len() + record > self.max_batch_bytes {
+            // Full: seal it; it covers the partition up to this event.
+            let full = std::mem::replace(&mut target.open, BatchBuilder::with_capacity(capacity));
+            target.sealed.push((full, position));
+        }
+        target.open.push_with(|buf| {
+            event::encode_as(buf, format, fields_id, ts, key, id, numbers, payload)
+                .expect("lengths checked above");
+        });
+        out.accepted += 1;
+        Ok(true)
     }
 
     /// Ingests `chunk`. A line at position `x` goes to partition `p` only if
@@ -180,12 +310,16 @@ impl Ingestor {
                 b.open.clear();
             }
         }
-        let numbers_len = self.extractor.fields().numbers.len() * 8;
         out.rejects.clear();
         out.accepted = 0;
+        out.events = 0;
         out.end = chunk.end;
         out.input_bytes = chunk.data.len() as u64;
         let mut numbers = vec![0.0; self.extractor.fields().numbers.len()];
+        if chunk.format == InputFormat::Protobuf {
+            self.ingest_protobuf(chunk, skip, skip_rejects, out, capacity, &mut numbers);
+            return;
+        }
         let data = &chunk.data[..];
         let mut line_start = 0usize;
         let mut index = 0u64;
@@ -203,6 +337,7 @@ impl Ingestor {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            out.events += 1;
             let reject = |kind: &'static str, reason: String| Rejected {
                 position,
                 location: format!("{}:{line_no}", chunk.origin),
@@ -223,75 +358,139 @@ impl Ingestor {
                 }
                 continue;
             }
-            match self.extractor.extract(line, &mut numbers) {
+            let result = match self.extractor.extract(line, &mut numbers) {
                 Ok(ev) => {
                     let key = ev.key.as_bytes();
                     let id = ev.id.as_deref().unwrap_or("").as_bytes();
-                    if key.len() > u16::MAX as usize || id.len() > u16::MAX as usize {
-                        if position >= skip_rejects {
-                            out.rejects.push(reject(
-                                "too_large",
-                                "key or id longer than 65535 bytes".to_owned(),
-                            ));
-                        }
-                        continue;
-                    }
-                    if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&ev.ts) {
-                        if position >= skip_rejects {
-                            out.rejects.push(reject(
-                                "out_of_range",
-                                format!(
-                                    "field `{}` is {}, outside the supported range of event times (±{MAX_EVENT_TIME} ms, about ±31,700 years around 1970)",
-                                    self.extractor.fields().time,
-                                    ev.ts
-                                ),
-                            ));
-                        }
-                        continue;
-                    }
-                    let record = RECORD_OVERHEAD + key.len() + id.len() + numbers_len + line.len();
-                    if record + BATCH_HEADER_LEN > self.max_batch_bytes {
-                        if position >= skip_rejects {
-                            out.rejects.push(reject(
-                                "too_large",
-                                format!(
-                                    "the event's record ({record} bytes with its key and id) does not fit in a log batch ({} bytes)",
-                                    self.max_batch_bytes
-                                ),
-                            ));
-                        }
-                        continue;
-                    }
-                    let hash = key_hash(key);
-                    let p = partition_for(hash, self.partitions) as usize;
-                    if position < skip[p] {
-                        continue;
-                    }
-                    let fields_id = self.fields_id;
-                    let ts = ev.ts;
-                    let target = &mut out.batches[p];
-                    if !target.open.is_empty()
-                        && target.open.encoded_len() + record > self.max_batch_bytes
-                    {
-                        // Full: seal it; it covers the partition up to this event.
-                        let full = std::mem::replace(
-                            &mut target.open,
-                            BatchBuilder::with_capacity(capacity),
-                        );
-                        target.sealed.push((full, position));
-                    }
-                    target.open.push_with(|buf| {
-                        event::encode(buf, fields_id, ts, key, id, &numbers, line)
-                            .expect("lengths checked above");
-                    });
-                    out.accepted += 1;
+                    let event = (key, id, ev.ts, &numbers[..]);
+                    self.accept(
+                        out,
+                        capacity,
+                        skip,
+                        position,
+                        event,
+                        line,
+                        InputFormat::Json,
+                    )
                 }
-                Err(e) => {
-                    if position >= skip_rejects {
-                        out.rejects.push(reject(e.kind(), e.to_string()));
+                Err(e) => Err((e.kind(), e.to_string())),
+            };
+            if let Err((kind, reason)) = result
+                && position >= skip_rejects
+            {
+                out.rejects.push(reject(kind, reason));
+            }
+        }
+    }
+
+    /// [`ingest`](Self::ingest) for a chunk of length-delimited Protobuf messages.
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_protobuf(
+        &self,
+        chunk: &RawChunk,
+        skip: &[u64],
+        skip_rejects: u64,
+        out: &mut Ingested,
+        capacity: usize,
+        numbers: &mut [f64],
+    ) {
+        let data = &chunk.data[..];
+        let location = |offset: usize, index: u64| match chunk.positions {
+            Positions::Bytes { start } => {
+                let byte = (start + offset as u64) & ((1 << crate::sources::file::OFFSET_BITS) - 1);
+                format!("{}@{byte}", chunk.origin)
+            }
+            Positions::Lines { .. } => format!("{}:{}", chunk.origin, chunk.first_line + index),
+        };
+        let position = |offset: usize, index: u64| match chunk.positions {
+            Positions::Bytes { start } => start + offset as u64,
+            Positions::Lines { first } => first + index,
+        };
+        #[cfg(feature = "protobuf")]
+        if let Some(pb) = &self.protobuf {
+            let mut ints = itoa::Buffer::new();
+            let mut id_ints = itoa::Buffer::new();
+            for (index, frame) in Delimited::new(data, self.max_event_size).enumerate() {
+                let index = index as u64;
+                out.events += 1;
+                let (offset, payload, result) = match frame {
+                    Frame::Message { offset, bytes } => {
+                        let pos = position(offset, index);
+                        let result = match pb.extract(bytes, numbers) {
+                            Ok(ev) => {
+                                let key = ev.key.text(&mut ints).as_bytes();
+                                let id = match &ev.id {
+                                    Some(id) => id.text(&mut id_ints).as_bytes(),
+                                    None => b"",
+                                };
+                                let event = (key, id, ev.ts, &numbers[..]);
+                                self.accept(
+                                    out,
+                                    capacity,
+                                    skip,
+                                    pos,
+                                    event,
+                                    bytes,
+                                    InputFormat::Protobuf,
+                                )
+                            }
+                            Err(e) => Err((e.kind(), e.to_string())),
+                        };
+                        (offset, bytes, result)
                     }
+                    Frame::TooLarge { offset, len, head } => (
+                        offset,
+                        head,
+                        Err((
+                            "too_large",
+                            format!(
+                                "message of {len} bytes exceeds max_event_size ({} bytes)",
+                                self.max_event_size
+                            ),
+                        )),
+                    ),
+                    Frame::Broken {
+                        offset,
+                        reason,
+                        rest,
+                    } => (
+                        offset,
+                        rest,
+                        Err((
+                            "invalid_framing",
+                            format!(
+                                "{reason}: the remaining {} bytes cannot be split into messages",
+                                rest.len()
+                            ),
+                        )),
+                    ),
+                };
+                let pos = position(offset, index);
+                if let Err((kind, reason)) = result
+                    && pos >= skip_rejects
+                {
+                    out.rejects.push(Rejected {
+                        position: pos,
+                        location: location(offset, index),
+                        kind,
+                        reason,
+                        payload: payload[..payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
+                    });
                 }
             }
+            return;
+        }
+        // No schema (or no Protobuf support in this build): the chunk cannot be read.
+        let _ = (capacity, &numbers, skip);
+        if !data.is_empty() && position(0, 0) >= skip_rejects {
+            out.events += 1;
+            out.rejects.push(Rejected {
+                position: position(0, 0),
+                location: location(0, 0),
+                kind: "unsupported_format",
+                reason: "Protobuf input needs a [protobuf] schema in the pipeline file (and a build with the cargo feature `protobuf`)".to_owned(),
+                payload: data[..data.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
+            });
         }
     }
 }
@@ -409,6 +608,7 @@ mod tests {
     fn chunk(text: &str) -> RawChunk {
         RawChunk {
             data: text.as_bytes().to_vec(),
+            format: InputFormat::Json,
             positions: Positions::Bytes { start: 1000 },
             end: 1000 + text.len() as u64,
             origin: "events.jsonl".into(),

@@ -225,7 +225,7 @@ impl Pipeline {
         let dead_letters = DeadLetters::open(data_dir.dead_letters(), fsync)?;
         let partitions = log.partitions();
         let number_fields = cfg.number_fields();
-        let fields = cfg.field_names();
+        let ingestor = Arc::new(Ingestor::for_pipeline(&cfg, partitions, p.max_event_size)?);
         let schema = Arc::new(RowSchema::new(&p.aggregates, &number_fields));
         let shard_count = if p.shards == 0 { cores() } else { p.shards };
 
@@ -266,12 +266,6 @@ impl Pipeline {
         );
         let shard_txs = shards.txs.clone();
 
-        let ingestor = Arc::new(Ingestor::new(
-            fields,
-            partitions,
-            p.max_event_size as usize,
-            cfg.log.max_batch_size as usize,
-        ));
         // Register the consumer before any data flows, so retention never deletes what
         // this pipeline has not read (it only respects consumers with offsets).
         let unregistered: Vec<OffsetCommit<'_>> = log
@@ -304,6 +298,8 @@ impl Pipeline {
             read_bytes: memory.read_bytes(partitions, calls_out),
             fields_id: ingestor.fields_id(),
             extractor: ingestor.extractor().clone(),
+            #[cfg(feature = "protobuf")]
+            protobuf: ingestor.protobuf().cloned(),
             ..consumer_settings(&cfg, &memory, partitions, paths, &shards)
         };
         for part in 0..partitions {
@@ -371,12 +367,11 @@ impl Pipeline {
             let source: Box<dyn ChunkSource> = match &s.config {
                 #[cfg(feature = "http")]
                 SourceConfig::Http(h) => {
-                    let ingestor = Arc::new(Ingestor::new(
-                        cfg.field_names(),
+                    let ingestor = Arc::new(Ingestor::for_pipeline(
+                        &cfg,
                         partitions,
-                        h.max_event_size.unwrap_or(p.max_event_size) as usize,
-                        cfg.log.max_batch_size as usize,
-                    ));
+                        h.max_event_size.unwrap_or(p.max_event_size),
+                    )?);
                     // Request bodies in flight: at most this source's part of the memory.
                     let mut h = h.clone();
                     h.max_inflight_bytes = h.max_inflight_bytes.min(memory.http_per_source);
@@ -424,11 +419,10 @@ impl Pipeline {
                                 error: error.into(),
                             }
                         })?;
-                    Box::new(FileSource::new(
-                        files,
-                        FILE_CHUNK_BYTES,
-                        p.max_event_size as usize,
-                    ))
+                    Box::new(
+                        FileSource::new(files, FILE_CHUNK_BYTES, p.max_event_size as usize)
+                            .with_format(f.format),
+                    )
                 }
             };
             let (name, ctx) = (s.name.clone(), ctx.clone());
@@ -666,6 +660,8 @@ fn consumer_settings(
         windowing: Windowing::new(&p.window).with_lateness(p.allowed_lateness),
         fields_id: 0,
         extractor: crate::codec::json::JsonExtractor::new(cfg.field_names()),
+        #[cfg(feature = "protobuf")]
+        protobuf: None,
         paths,
         commit_interval: COMMIT_INTERVAL,
         number_fields: cfg.number_fields().into(),

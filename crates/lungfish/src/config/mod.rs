@@ -10,7 +10,7 @@
 mod aggregate;
 mod error;
 mod read;
-mod suggest;
+pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
 pub mod units;
@@ -45,6 +45,20 @@ pub struct PipelineConfig {
     pub sinks: Vec<NamedSink>,
     /// The metrics endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+    /// The Protobuf schema of `format = "protobuf"` sources (`[protobuf]`), if any.
+    pub protobuf: Option<ProtobufConfig>,
+}
+
+/// The Protobuf message type events arrive as (`[protobuf]`): read from the user's
+/// `.proto` file at startup (no `protoc` needed); the fields named in `[pipeline]` are
+/// looked up in it by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtobufConfig {
+    /// The `.proto` file (in files: relative to the pipeline file). Its directory is the
+    /// include path for its imports.
+    pub file: PathBuf,
+    /// The message's fully qualified name, e.g. `acme.Event`.
+    pub message: String,
 }
 
 impl Default for PipelineConfig {
@@ -60,6 +74,7 @@ impl Default for PipelineConfig {
             operators: Vec::new(),
             sinks: Vec::new(),
             metrics: None,
+            protobuf: None,
         }
     }
 }
@@ -107,6 +122,30 @@ impl PipelineConfig {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// The Protobuf extractor of the `[protobuf]` schema for [`field_names`](Self::field_names),
+    /// if the pipeline has one.
+    ///
+    /// # Errors
+    /// The schema cannot be read or compiled, or does not fit the field names.
+    #[cfg(feature = "protobuf")]
+    pub fn protobuf_extractor(
+        &self,
+    ) -> Result<
+        Option<crate::codec::protobuf::ProtobufExtractor>,
+        crate::codec::protobuf::SchemaError,
+    > {
+        self.protobuf
+            .as_ref()
+            .map(|p| {
+                crate::codec::protobuf::ProtobufExtractor::load(
+                    &p.file,
+                    &p.message,
+                    self.field_names(),
+                )
+            })
+            .transpose()
     }
 
     /// The fields every event must carry, as the ingest extractor wants them.
@@ -477,6 +516,9 @@ pub enum BodyFormat {
     Json,
     /// `application/x-ndjson`: one JSON object per line (`"ndjson"`).
     Ndjson,
+    /// `application/x-protobuf`: length-delimited messages of the `[protobuf]` type
+    /// (`"protobuf"`).
+    Protobuf,
 }
 
 /// A `Content-Encoding` the HTTP source can decode.
@@ -563,11 +605,13 @@ pub enum KeyDistribution {
     Zipf,
 }
 
-/// A source reading JSON lines from files.
+/// A source reading JSON lines, or length-delimited Protobuf messages, from files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSourceConfig {
     /// Paths or glob patterns, read in order (at least one).
     pub paths: Vec<String>,
+    /// What the files hold (`format = "json"`, the default, or `"protobuf"`).
+    pub format: crate::codec::InputFormat,
 }
 
 impl FileSourceConfig {
@@ -579,6 +623,7 @@ impl FileSourceConfig {
     {
         Self {
             paths: paths.into_iter().map(Into::into).collect(),
+            format: crate::codec::InputFormat::Json,
         }
     }
 }

@@ -25,10 +25,11 @@ use super::{
     FileSinkConfig, FileSourceConfig, FilterConfig, FsyncPolicy, GeneratorConfig, HttpSourceConfig,
     KafkaSinkConfig, KafkaSourceConfig, KafkaStart, KeyDistribution, LogSettings, MetricsConfig,
     NamedOperator, NamedSink, NamedSource, OnUnavailable, OperatorConfig, PipelineConfig,
-    ProcessingConfig, Rate, SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync, WhenFull,
-    WindowSpec,
+    ProcessingConfig, ProtobufConfig, Rate, SinkConfig, SourceConfig, SqliteSinkConfig, SqliteSync,
+    WhenFull, WindowSpec,
 };
 use super::{ConfigError, ConfigErrors};
+use crate::codec::InputFormat;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -39,7 +40,9 @@ const TOP_KEYS: &[&str] = &[
     "operators",
     "sinks",
     "metrics",
+    "protobuf",
 ];
+const PROTOBUF_KEYS: &[&str] = &["file", "message"];
 const FILTER_KEYS: &[&str] = &["type", "condition", "otherwise"];
 const ENRICH_KEYS: &[&str] = &[
     "type",
@@ -69,7 +72,7 @@ const GENERATOR_KEYS: &[&str] = &[
     "start_time",
     "events_per_second",
 ];
-const FILE_SOURCE_KEYS: &[&str] = &["type", "paths"];
+const FILE_SOURCE_KEYS: &[&str] = &["type", "paths", "format"];
 const KAFKA_SOURCE_KEYS: &[&str] = &[
     "type",
     "brokers",
@@ -533,6 +536,10 @@ impl Reader {
             .entry(&t, "metrics")
             .and_then(|e| self.table(e))
             .map(|metrics| self.metrics(&metrics));
+        let protobuf = self
+            .entry(&t, "protobuf")
+            .and_then(|e| self.table(e))
+            .and_then(|p| self.protobuf(&p, origin));
         PipelineConfig {
             name,
             data_dir,
@@ -542,7 +549,26 @@ impl Reader {
             operators,
             sinks,
             metrics,
+            protobuf,
         }
+    }
+
+    /// `[protobuf]`: the file is relative to the pipeline file's directory.
+    fn protobuf(&mut self, t: &Tbl<'_>, origin: &Path) -> Option<ProtobufConfig> {
+        self.unknown_keys(t, PROTOBUF_KEYS);
+        let file = self.required(t, "file", "file = \"events.proto\"");
+        let file = file.and_then(|e| self.convert(e, as_string));
+        let message = self.required(t, "message", "message = \"acme.Event\"");
+        let message = message.and_then(|e| self.convert(e, as_string));
+        let file = PathBuf::from(file?);
+        let file = match origin.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file,
+        };
+        Some(ProtobufConfig {
+            file,
+            message: message?,
+        })
     }
 
     fn operators(&mut self, t: &Tbl<'_>) -> Vec<NamedOperator> {
@@ -729,7 +755,18 @@ impl Reader {
             self.place(index(&entry.path, paths.len()), &file_path, span);
             paths.push(path);
         }
-        Some(FileSourceConfig { paths })
+        let format = self
+            .value(t, "format", |item| {
+                one_of(
+                    item,
+                    &[
+                        ("json", InputFormat::Json),
+                        ("protobuf", InputFormat::Protobuf),
+                    ],
+                )
+            })
+            .unwrap_or_default();
+        Some(FileSourceConfig { paths, format })
     }
 
     /// A `[...options]` table of librdkafka settings: every value a string (or a
@@ -845,12 +882,13 @@ impl Reader {
                     match name.as_str() {
                         "json" => formats.push(BodyFormat::Json),
                         "ndjson" => formats.push(BodyFormat::Ndjson),
+                        "protobuf" => formats.push(BodyFormat::Protobuf),
                         other => {
                             self.fail(
                                 span.start,
                                 &file_path,
                                 format!(
-                                    "unknown format `{other}`: expected \"json\" or \"ndjson\""
+                                    "unknown format `{other}`: expected \"json\", \"ndjson\" or \"protobuf\""
                                 ),
                             );
                         }

@@ -1780,3 +1780,156 @@ compression = "brotli"
     let fields: Vec<&str> = missing.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["sources.gen.brokers", "sources.gen.topics"]);
 }
+
+// ----- Protobuf input -----
+
+/// A pipeline reading Protobuf files with the schema `proto` (as written in the file).
+fn protobuf_pipeline(proto: &str, key: &str, message: &str) -> String {
+    format!(
+        r#"[sources.files]
+type = "file"
+paths = ["events/*.pb"]
+format = "protobuf"
+
+[protobuf]
+file = {proto:?}
+message = "{message}"
+
+[pipeline]
+key = "{key}"
+window = {{ type = "tumbling", size = "1s" }}
+aggregates = ["count", "sum(value)"]
+
+[sinks.out]
+type = "stdout"
+"#
+    )
+}
+
+fn events_proto(dir: &Path) -> PathBuf {
+    let path = dir.join("events.proto");
+    std::fs::write(&path, include_str!("../../../../examples/events.proto")).unwrap();
+    path
+}
+
+#[test]
+fn protobuf_sources_and_schema_parse_with_the_file_relative_to_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let proto = events_proto(dir.path());
+    let text = protobuf_pipeline("events.proto", "user", "acme.Event");
+    let config = PipelineConfig::parse(&text, &dir.path().join("p.toml")).unwrap();
+    assert_eq!(
+        config.protobuf,
+        Some(ProtobufConfig {
+            file: proto.clone(),
+            message: "acme.Event".into()
+        })
+    );
+    match &config.sources[0].config {
+        SourceConfig::File(f) => assert_eq!(f.format, crate::codec::InputFormat::Protobuf),
+        other => panic!("{other:?}"),
+    }
+    // HTTP: "protobuf" among the formats.
+    let text = text.replace(
+        "type = \"file\"\npaths = [\"events/*.pb\"]\nformat = \"protobuf\"",
+        "type = \"http\"\naddress = \"127.0.0.1:8080\"\nformats = [\"protobuf\", \"json\"]",
+    );
+    let config = PipelineConfig::parse(&text, &dir.path().join("p.toml")).unwrap();
+    match &config.sources[0].config {
+        SourceConfig::Http(h) => {
+            assert_eq!(h.formats, vec![BodyFormat::Protobuf, BodyFormat::Json]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // JSON stays the default.
+    let config = parse(&minimal_with(
+        "[sources.f]\ntype = \"file\"\npaths = [\"a\"]\n",
+    ))
+    .unwrap();
+    assert!(config.protobuf.is_none());
+    let file = config.sources.iter().find(|s| s.name == "f").unwrap();
+    assert!(
+        matches!(&file.config, SourceConfig::File(f) if f.format == crate::codec::InputFormat::Json)
+    );
+}
+
+#[test]
+fn protobuf_errors_name_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let proto = events_proto(dir.path()).display().to_string();
+    // A field the message does not have: at the [pipeline] key, with a suggestion.
+    let text = protobuf_pipeline(&proto, "usr", "acme.Event");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"usr\"",
+        "pipeline.key",
+        "message `acme.Event`: no top-level field `usr` (the key), did you mean `user`?",
+    );
+    assert!(e.message.contains("events.proto"), "{e}");
+    // A field of the wrong type for its role (a number from a message).
+    let text = protobuf_pipeline(&proto, "user", "acme.Event").replace("sum(value)", "sum(device)");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"acme.Event\"",
+        "protobuf.message",
+        "`device` (the aggregated number) is a message (acme.Device)",
+    );
+    // No such message.
+    let text = protobuf_pipeline(&proto, "user", "acme.Evnt");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"acme.Evnt\"",
+        "protobuf.message",
+        "no message `acme.Evnt`, did you mean `acme.Event`?",
+    );
+    // A file that is not there or does not compile.
+    let text = protobuf_pipeline("/nonexistent/x.proto", "user", "acme.Event");
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"/nonexistent/x.proto\"",
+        "protobuf.file",
+        "no such file",
+    );
+    std::fs::write(
+        dir.path().join("bad.proto"),
+        "syntax = \"proto3\"; message {",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.proto").display().to_string();
+    let text = protobuf_pipeline(&bad, "user", "acme.Event");
+    let e = single(&text);
+    assert_eq!(e.field, "protobuf.file", "{e}");
+    // Protobuf input without a schema, and an unknown format.
+    let text = minimal_with(
+        "[sources.files]\ntype = \"file\"\npaths = [\"a.pb\"]\nformat = \"protobuf\"\n",
+    );
+    let e = single(&text);
+    assert_error(
+        &text,
+        &e,
+        "\"protobuf\"",
+        "sources.files.format",
+        "needs a [protobuf] table",
+    );
+    let text =
+        minimal_with("[sources.files]\ntype = \"file\"\npaths = [\"a\"]\nformat = \"xml\"\n");
+    let e = single(&text);
+    assert_error(&text, &e, "\"xml\"", "sources.files.format", "\"protobuf\"");
+    let text = minimal_with("[protobuf]\nfile = \"x.proto\"\nmesage = \"a.B\"\n");
+    let errors = errors(&text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("did you mean `message`")),
+        "{}",
+        ConfigErrors(errors.clone())
+    );
+}

@@ -56,6 +56,69 @@ impl Issues {
     }
 }
 
+/// Protobuf sources need a `[protobuf]` schema, and the schema must have the pipeline's
+/// fields with usable types (it is compiled here, as at startup).
+fn check_protobuf(out: &mut Issues, config: &PipelineConfig) {
+    let mut users = Vec::new();
+    for source in &config.sources {
+        let path = join("sources", &source.name);
+        match &source.config {
+            SourceConfig::File(f) if f.format == crate::codec::InputFormat::Protobuf => {
+                users.push(join(&path, "format"));
+            }
+            SourceConfig::Http(h) if h.formats.contains(&super::BodyFormat::Protobuf) => {
+                users.push(join(&path, "formats"));
+            }
+            _ => {}
+        }
+    }
+    let Some(schema) = &config.protobuf else {
+        for field in users {
+            out.add(
+                field,
+                "Protobuf input needs a [protobuf] table naming the schema: file = \"events.proto\" and message = \"acme.Event\"",
+            );
+        }
+        return;
+    };
+    #[cfg(not(feature = "protobuf"))]
+    {
+        let _ = schema;
+        out.add(
+            "protobuf",
+            "this build of lungfish has no Protobuf support (cargo feature `protobuf`)",
+        );
+    }
+    #[cfg(feature = "protobuf")]
+    {
+        use crate::codec::protobuf::SchemaError;
+        match config.protobuf_extractor() {
+            Ok(_) => {}
+            Err(e @ SchemaError::Compile { .. }) => out.add("protobuf.file", e.to_string()),
+            Err(e @ SchemaError::NoMessage { .. }) => out.add("protobuf.message", e.to_string()),
+            Err(SchemaError::Field {
+                field, ref problem, ..
+            }) => {
+                let p = &config.pipeline;
+                let mut at: Vec<String> = [("key", &p.key), ("time", &p.time), ("id", &p.id)]
+                    .into_iter()
+                    .filter(|(_, name)| **name == field)
+                    .map(|(k, _)| format!("pipeline.{k}"))
+                    .collect();
+                at.push("protobuf.message".to_owned());
+                out.related(
+                    at,
+                    format!(
+                        "{}: message `{}`: {problem}",
+                        schema.file.display(),
+                        schema.message
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Every problem in `config`, in the order of the file format.
 pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
     let mut out = Issues::default();
@@ -142,6 +205,7 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
         }
     }
 
+    check_protobuf(&mut out, config);
     check_log(&mut out, &config.log);
     check_processing(&mut out, &config.pipeline, &config.log);
     check_memory(&mut out, config);

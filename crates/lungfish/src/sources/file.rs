@@ -1,4 +1,5 @@
-//! The `file` source: JSON lines from one or more files or glob patterns.
+//! The `file` source: JSON lines, or length-delimited Protobuf messages
+//! (`format = "protobuf"`), from one or more files or glob patterns.
 //!
 //! Files are read in the order their paths/patterns are listed (each pattern's matches
 //! sorted), each once, to the end it has when reached. A line's position is
@@ -12,12 +13,18 @@
 //! Memory is bounded: a chunk is at most `chunk_bytes`. A line longer than
 //! `max_event_size` is not held in memory: its first bytes are kept for the rejection
 //! report and the rest is skipped.
+//!
+//! Protobuf files are cut at message ends (a message's position is the byte offset of
+//! its length prefix). A message over `max_event_size` is skipped the same way (its
+//! prefix says where the next one starts); a broken length prefix makes the rest of the
+//! file unsplittable: its head is reported once and reading goes on with the next file.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::codec::InputFormat;
 use crate::ingest::{Positions, RawChunk};
 
 use super::{ChunkSource, SourceError};
@@ -129,6 +136,7 @@ pub struct FileSource {
     next_index: usize,
     chunk_bytes: usize,
     max_event_size: usize,
+    format: InputFormat,
 }
 
 impl FileSource {
@@ -141,7 +149,14 @@ impl FileSource {
             next_index: 0,
             chunk_bytes: chunk_bytes.max(2 * max_event_size + 2),
             max_event_size,
+            format: InputFormat::Json,
         }
+    }
+
+    /// This source, reading its files as `format` (JSON lines by default).
+    pub fn with_format(mut self, format: InputFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn open(&self, index: usize, offset: u64) -> Result<Open, SourceError> {
@@ -161,10 +176,22 @@ impl FileSource {
                 path.display()
             )));
         }
-        // Count the lines before `offset`, so rejects name the right line.
+        // Count the lines before `offset`, so rejects name the right line (Protobuf
+        // locations are byte offsets).
         let mut line = 1u64;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
+        let mut buf = vec![
+            0u8;
+            if self.format == InputFormat::Json {
+                1 << 20
+            } else {
+                0
+            }
+        ];
+        let mut at = if self.format == InputFormat::Json {
+            0
+        } else {
+            offset
+        };
         while at < offset {
             let want = ((offset - at) as usize).min(buf.len());
             let n = file.read_at(&mut buf[..want], at).map_err(io)?;
@@ -183,6 +210,52 @@ impl FileSource {
             line,
         })
     }
+}
+
+/// Where to cut a Protobuf chunk read at file offset `offset` (`buf` holds what was
+/// read): the bytes to keep and the file offset the next chunk starts at.
+#[cfg(feature = "protobuf")]
+fn protobuf_cut(
+    max_event_size: usize,
+    buf: &[u8],
+    at_eof: bool,
+    offset: u64,
+    len: u64,
+) -> Result<(usize, u64), SourceError> {
+    use crate::codec::protobuf::whole_messages;
+    if at_eof {
+        // A broken or cut-off tail is reported by the ingestor.
+        return Ok((buf.len(), offset + buf.len() as u64));
+    }
+    let keep = max_event_size + 1;
+    Ok(match whole_messages(buf) {
+        (Some(used), _) if used > 0 => (used, offset + used as u64),
+        (_, Some(message)) => {
+            // A message longer than a chunk (so over max_event_size): keep its
+            // prefix and head for the report, skip the rest of it.
+            let prefix = buf
+                .iter()
+                .position(|b| *b < 0x80)
+                .map_or(buf.len(), |i| i + 1);
+            let end = (offset + prefix as u64).saturating_add(message).min(len);
+            ((prefix + keep).min(buf.len()), end)
+        }
+        // A prefix that is not a varint: nothing after it can be split.
+        _ => (keep.min(buf.len()), len),
+    })
+}
+
+#[cfg(not(feature = "protobuf"))]
+fn protobuf_cut(
+    _max_event_size: usize,
+    _buf: &[u8],
+    _at_eof: bool,
+    _offset: u64,
+    _len: u64,
+) -> Result<(usize, u64), SourceError> {
+    Err(SourceError::Config(
+        "this build of lungfish has no Protobuf support (cargo feature `protobuf`)".to_owned(),
+    ))
 }
 
 impl ChunkSource for FileSource {
@@ -231,6 +304,20 @@ impl ChunkSource for FileSource {
             let at_eof = cur.offset + got as u64 >= cur.len;
             let start = file_position(cur.index, cur.offset);
             let first_line = cur.line;
+            if self.format == InputFormat::Protobuf {
+                let (used, next) =
+                    protobuf_cut(self.max_event_size, &buf, at_eof, cur.offset, cur.len)?;
+                buf.truncate(used);
+                cur.offset = next;
+                return Ok(Some(RawChunk {
+                    data: buf,
+                    format: InputFormat::Protobuf,
+                    positions: Positions::Bytes { start },
+                    end: file_position(cur.index, next),
+                    origin: cur.origin.clone(),
+                    first_line,
+                }));
+            }
             let used = if at_eof {
                 got
             } else if let Some(last_nl) = memchr::memrchr(b'\n', &buf) {
@@ -259,6 +346,7 @@ impl ChunkSource for FileSource {
                 cur.line += 1;
                 return Ok(Some(RawChunk {
                     data: buf,
+                    format: InputFormat::Json,
                     positions: Positions::Bytes { start },
                     end: file_position(cur.index, line_end),
                     origin: cur.origin.clone(),
@@ -270,6 +358,7 @@ impl ChunkSource for FileSource {
             cur.line += memchr::memchr_iter(b'\n', &buf).count() as u64;
             return Ok(Some(RawChunk {
                 data: buf,
+                format: InputFormat::Json,
                 positions: Positions::Bytes { start },
                 end: file_position(cur.index, cur.offset),
                 origin: cur.origin.clone(),
@@ -361,6 +450,64 @@ mod tests {
         assert_eq!(chunks[1].end, 4 + 5001);
         assert_eq!(lines[2], b"ok2\n");
         assert_eq!(chunks[2].first_line, 3);
+    }
+
+    #[cfg(feature = "protobuf")]
+    #[test]
+    fn protobuf_files_are_cut_at_message_ends_and_oversized_or_broken_framing_is_skipped() {
+        use crate::codec::protobuf::{Delimited, Frame, write_delimited};
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..40u8 {
+            starts.push(data.len() as u64);
+            let len = if i == 20 { 500 } else { 5 + (i as usize % 7) };
+            write_delimited(&mut data, &vec![i; len]);
+        }
+        let broken_at = data.len() as u64;
+        data.extend_from_slice(&[0xff; 12]);
+        data.extend_from_slice(&[1, 1, 1]);
+        let path = dir.path().join("a.pb");
+        std::fs::write(&path, &data).unwrap();
+        let mut src =
+            FileSource::new(vec![path.clone()], 64, 16).with_format(InputFormat::Protobuf);
+        let chunks = drain(&mut src);
+        // Every chunk starts at a message and holds whole ones (or the oversized one's
+        // head, or the broken rest's head); together they cover the file once.
+        let mut seen = Vec::new();
+        let mut next = 0;
+        for c in &chunks {
+            assert_eq!(c.format, InputFormat::Protobuf);
+            let Positions::Bytes { start } = c.positions else {
+                panic!()
+            };
+            assert_eq!(start, next, "chunks follow each other");
+            next = c.end;
+            for f in Delimited::new(&c.data, 16) {
+                match f {
+                    Frame::Message { offset, .. } | Frame::TooLarge { offset, .. } => {
+                        seen.push((start + offset as u64, matches!(f, Frame::TooLarge { .. })));
+                    }
+                    Frame::Broken { offset, .. } => seen.push((start + offset as u64, true)),
+                }
+            }
+        }
+        assert_eq!(next, data.len() as u64);
+        let want: Vec<(u64, bool)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i == 20))
+            .chain([(broken_at, true)])
+            .collect();
+        assert_eq!(seen, want);
+        // The oversized message is not held: its chunk is its prefix and head.
+        assert!(chunks.iter().all(|c| c.data.len() <= 64), "bounded chunks");
+        // A restart resumes at a message, exactly.
+        let mut src = FileSource::new(vec![path], 64, 16).with_format(InputFormat::Protobuf);
+        src.seek(starts[30]).unwrap();
+        let c = src.next_chunk(Vec::new()).unwrap().unwrap();
+        assert_eq!(c.positions, Positions::Bytes { start: starts[30] });
+        assert_eq!(c.data[1], 30);
     }
 
     #[test]

@@ -301,6 +301,7 @@ impl ChunkSource for GeneratorSource {
         let first = self.next;
         self.next = end;
         Ok(Some(RawChunk {
+            format: crate::codec::InputFormat::Json,
             data: buf,
             positions: Positions::Lines { first },
             end,

@@ -106,7 +106,7 @@ pub(crate) struct Split {
     pub events: u64,
 }
 
-/// Cuts `body` into events under `format`. NDJSON is returned as it is.
+/// Cuts `body` into events under `format`. NDJSON and Protobuf are returned as they are.
 ///
 /// # Errors
 /// A JSON body that is neither an object nor a well-formed array of values.
@@ -126,6 +126,12 @@ pub(crate) fn split(body: Vec<u8>, format: BodyFormat) -> Result<Split, BodyErro
             })
         }
         BodyFormat::Json => split_json(&body),
+        // Length-delimited messages: the ingestor splits them (and counts them).
+        BodyFormat::Protobuf => Ok(Split {
+            lines: body,
+            bad: Vec::new(),
+            events: 0,
+        }),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The `http` source: clients POST events; the answer comes once they are durable.
 //!
 //! `POST /v1/events` takes a JSON object, a JSON array of objects
-//! (`Content-Type: application/json`) or one object per line
-//! (`application/x-ndjson`), optionally `Content-Encoding: gzip` or `zstd`. Each event
+//! (`Content-Type: application/json`), one object per line
+//! (`application/x-ndjson`) or length-delimited Protobuf messages of the pipeline's
+//! `[protobuf]` type (`application/x-protobuf`, with `formats = ["protobuf"]`),
+//! optionally `Content-Encoding: gzip` or `zstd`. Each event
 //! is checked like every other source's ([`crate::ingest`]); the good ones are appended
 //! to the log and the request is answered only when they are durable under the log's
 //! fsync policy:
@@ -62,6 +64,7 @@ use tokio::sync::Semaphore;
 
 use self::body::{BodyError, Split};
 use self::idempotency::{Answer, Begin, Keys, RunGuard};
+use crate::codec::InputFormat;
 use crate::config::{BodyFormat, ContentEncoding, HttpSourceConfig};
 use crate::dlq::{DeadLetter, now_ms};
 use crate::ingest::{Ingested, Ingestor, Positions, RawChunk};
@@ -439,17 +442,29 @@ fn format_of(headers: &HeaderMap, accepted: &[BodyFormat]) -> Result<BodyFormat,
         | "application/jsonl"
         | "application/x-jsonlines"
         | "application/jsonlines" => BodyFormat::Ndjson,
+        "application/x-protobuf" | "application/protobuf" | "application/vnd.google.protobuf" => {
+            BodyFormat::Protobuf
+        }
         _ => {
             return Err(format!(
-                "Content-Type `{value}` is not supported: send application/json (an object or an array of objects) or application/x-ndjson (one object per line)"
+                "Content-Type `{value}` is not supported: send application/json (an object or an array of objects), application/x-ndjson (one object per line) or application/x-protobuf (length-delimited messages)"
             ));
         }
     };
     if accepted.contains(&format) {
         Ok(format)
     } else {
+        let names: Vec<&str> = accepted
+            .iter()
+            .map(|f| match f {
+                BodyFormat::Json => "application/json",
+                BodyFormat::Ndjson => "application/x-ndjson",
+                BodyFormat::Protobuf => "application/x-protobuf",
+            })
+            .collect();
         Err(format!(
-            "Content-Type `{essence}` is not accepted by this source (see its `formats`)"
+            "Content-Type `{essence}` is not accepted by this source (its `formats` accept {})",
+            names.join(", ")
         ))
     }
 }
@@ -785,8 +800,14 @@ fn parse(
 ) -> Result<Parsed, BodyError> {
     let decoded = body::decode(raw, encoding, limit)?;
     let Split { lines, bad, events } = body::split(decoded, format)?;
+    let protobuf = format == BodyFormat::Protobuf;
     let chunk = RawChunk {
         data: lines,
+        format: if protobuf {
+            InputFormat::Protobuf
+        } else {
+            InputFormat::Json
+        },
         positions: Positions::Lines { first: 0 },
         end: events,
         origin,
@@ -795,6 +816,9 @@ fn parse(
     let mut out = Ingested::default();
     let skip = vec![0; ingestor.partitions() as usize];
     ingestor.ingest(&chunk, &skip, 0, &mut out);
+    // Protobuf messages are counted as the ingestor splits them.
+    let events = if protobuf { out.events } else { events };
+    out.end = events;
     Ok(Parsed {
         split_bad: bad,
         events,
