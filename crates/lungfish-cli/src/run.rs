@@ -216,6 +216,14 @@ pub fn print_summary(s: &Summary, file: &Path) {
         stored.map_or("-".to_owned(), count),
         count(s.windows)
     );
+    if s.duplicates > 0 {
+        println!(
+            "  {:<14} {:>14} {:>14}",
+            "duplicates",
+            "-",
+            count(s.duplicates)
+        );
+    }
     if s.corrections > 0 {
         println!(
             "  {:<14} {:>14} {:>14}",

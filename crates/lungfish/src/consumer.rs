@@ -54,6 +54,10 @@ use crate::window::Windowing;
 /// refused: window arithmetic near the ends of `i64` would saturate.
 pub const MAX_EVENT_TIME: i64 = 1_000_000_000_000_000;
 
+/// The reject kind of an event whose id was seen within the dedup horizon: dropped and
+/// counted, not dead-lettered.
+const DUPLICATE: &str = "duplicate";
+
 /// What a consumer stores with its committed offset to replay deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayState {
@@ -272,6 +276,9 @@ pub struct ConsumerSettings {
     pub idle_timeout: Option<Duration>,
     /// Every partition's watermark and idleness, shared by the consumers.
     pub watermarks: Arc<Watermarks>,
+    /// Drop events whose id was seen within this horizon of event time, remembering at
+    /// most this many ids (see [`crate::dedup`]); `None`: no dedup.
+    pub dedup: Option<(i64, usize)>,
     /// Save the open windows with the committed offsets (see [`crate::state`]); `None`:
     /// commit the offset of the oldest open window and replay from it on restart.
     pub state: Option<StateSettings>,
@@ -416,6 +423,10 @@ pub struct Consumer {
     last_state: (Instant, u64),
     /// `through` at the last state checkpoint.
     state_through: u64,
+    /// Ids seen recently, with dedup on.
+    seen: Option<crate::dedup::SeenIds>,
+    /// Duplicates dropped in the current micro-batch.
+    duplicates: u64,
     /// The next cut takes a state checkpoint even if nothing changed since the last.
     force_state: bool,
 }
@@ -474,6 +485,13 @@ impl Consumer {
             committer,
             chain,
         );
+        if let (Some(st), Some(id)) = (&consumer.settings.state, restored.state_id) {
+            let dir = st.dir.checkpoint(partition, id);
+            consumer.restore_blob(&dir).map_err(|e| LogError::BadFile {
+                path: dir.join("consumer.bin"),
+                reason: e.to_string(),
+            })?;
+        }
         consumer.log = Some(log);
         consumer.blocking = true;
         Ok(consumer)
@@ -541,6 +559,10 @@ impl Consumer {
             last_state: (Instant::now(), restored.state_id.unwrap_or(0)),
             state_through: start,
             force_state: false,
+            seen: settings
+                .dedup
+                .map(|(horizon, max_ids)| crate::dedup::SeenIds::new(horizon, max_ids)),
+            duplicates: 0,
             settings,
         }
     }
@@ -746,6 +768,7 @@ impl Consumer {
                 self.route(offset, &key, ts, &numbers, raw);
                 self.numbers = numbers;
             }
+            Err((DUPLICATE, _, _)) => self.duplicates += 1,
             Err((kind, reason, payload)) => self.dead_letter(kind, reason, offset, payload),
         }
     }
@@ -795,7 +818,11 @@ impl Consumer {
             {
                 self.through = offset + 1;
                 self.processed_since_flush += 1;
-                self.dead_letter(kind, reason, offset, payload);
+                if kind == DUPLICATE {
+                    self.duplicates += 1;
+                } else {
+                    self.dead_letter(kind, reason, offset, payload);
+                }
                 self.flush_if_full();
             }
             let Some(offset) = next else { break };
@@ -900,7 +927,22 @@ impl Consumer {
                 format!("event time {ts} is outside the supported range of ±{MAX_EVENT_TIME} ms");
             return Err(("out_of_range", reason, event.raw));
         }
+        if self.is_duplicate(event.id, ts) {
+            return Err((DUPLICATE, String::new(), event.raw));
+        }
         Ok((key, ts, event.raw))
+    }
+
+    /// With dedup on: true if an event with this id (non-empty) was seen within the
+    /// horizon; otherwise remembers it.
+    #[inline]
+    fn is_duplicate(&mut self, id: &[u8], ts: i64) -> bool {
+        match &mut self.seen {
+            Some(seen) if !id.is_empty() => {
+                !seen.first_sighting(xxhash_rust::xxh3::xxh3_64(id), ts)
+            }
+            _ => false,
+        }
     }
 
     /// Decodes a message's JSON; its key, if it has one, is the event's key.
@@ -941,6 +983,10 @@ impl Consumer {
                 x.ts
             );
             return Err(("out_of_range", reason, payload));
+        }
+        let id = x.id.as_deref().unwrap_or("").as_bytes();
+        if self.is_duplicate(id, x.ts) {
+            return Err((DUPLICATE, String::new(), payload));
         }
         Ok((key, x.ts, payload))
     }
@@ -1196,6 +1242,14 @@ impl Consumer {
         } else {
             (normal, final_line)
         };
+        let duplicates = std::mem::take(&mut self.duplicates);
+        if duplicates > 0 {
+            self.control
+                .stats
+                .duplicates
+                .fetch_add(duplicates, Ordering::Relaxed);
+            metrics::counter!("lungfish_duplicates_dropped_total").increment(duplicates);
+        }
         let processed = std::mem::take(&mut self.processed_since_flush);
         self.control
             .stats
@@ -1275,8 +1329,45 @@ impl Consumer {
     }
 
     /// The consumer's own part of a state checkpoint.
+    ///
+    /// Format: `1u8`, then `1u8` and the [`SeenIds`](crate::dedup::SeenIds) encoding
+    /// with dedup on, or `0u8`.
     fn state_blob(&self) -> Vec<u8> {
-        Vec::new()
+        let mut blob = vec![1u8];
+        match &self.seen {
+            Some(seen) => {
+                blob.push(1);
+                seen.encode(&mut blob);
+            }
+            None => blob.push(0),
+        }
+        blob
+    }
+
+    /// Restores the consumer's own part of state checkpoint `dir`.
+    ///
+    /// # Errors
+    /// The file is missing or damaged.
+    fn restore_blob(&mut self, dir: &std::path::Path) -> Result<(), crate::state::StateError> {
+        let blob = crate::state::read_consumer(dir)?;
+        let damaged = || crate::state::StateError::Damaged {
+            path: dir.join("consumer.bin"),
+            reason: "not a consumer state this version reads".to_owned(),
+        };
+        match blob.as_slice() {
+            [1, 0] => {}
+            [1, 1, rest @ ..] => {
+                let mut input = rest;
+                let seen = crate::dedup::SeenIds::decode(&mut input).ok_or_else(damaged)?;
+                // With dedup still on, keep what was seen (under today's settings'
+                // horizon if they changed, the saved ids age out by their own times).
+                if self.seen.is_some() {
+                    self.seen = Some(seen);
+                }
+            }
+            _ => return Err(damaged()),
+        }
+        Ok(())
     }
 
     /// Waits for the last checkpoint to complete, then publishes it.

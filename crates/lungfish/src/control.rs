@@ -17,6 +17,8 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Window rows emitted by shards, this run (corrections included).
     pub windows: AtomicU64,
+    /// Events dropped as duplicates (id seen within the dedup horizon), this run.
+    pub duplicates: AtomicU64,
     /// Rows emitted again because late events (within the allowed lateness) changed
     /// a window that had already fired, this run.
     pub corrections: AtomicU64,

@@ -85,6 +85,8 @@ pub struct Summary {
     pub windows: u64,
     /// Rows emitted again because late events changed a fired window, this run.
     pub corrections: u64,
+    /// Events dropped as duplicates by id, this run.
+    pub duplicates: u64,
     /// Events in the log over all runs.
     pub log_events: u64,
     /// Dead-letter entries over all runs, by (stage, kind).
@@ -492,6 +494,7 @@ impl Pipeline {
             late: stats.late.load(Ordering::Relaxed),
             windows: stats.windows.load(Ordering::Relaxed),
             corrections: stats.corrections.load(Ordering::Relaxed),
+            duplicates: stats.duplicates.load(Ordering::Relaxed),
             log_events,
             dead_letters: dead_letters.counts()?,
             sources: reports,
@@ -599,6 +602,7 @@ impl Pipeline {
             late: stats.late.load(Ordering::Relaxed),
             windows: stats.windows.load(Ordering::Relaxed),
             corrections: stats.corrections.load(Ordering::Relaxed),
+            duplicates: stats.duplicates.load(Ordering::Relaxed),
             log_events: 0,
             dead_letters: dead_letters.counts()?,
             sources: vec![SourceReport {
@@ -670,6 +674,12 @@ fn consumer_settings(
         idle_timeout: (!p.idle_timeout.is_zero()).then_some(p.idle_timeout),
         watermarks: Arc::new(crate::consumer::Watermarks::new(partitions)),
         state: None,
+        dedup: (!p.dedup_horizon.is_zero()).then(|| {
+            (
+                i64::try_from(p.dedup_horizon.as_millis()).unwrap_or(i64::MAX),
+                p.dedup_max_ids.max(1),
+            )
+        }),
     }
 }
 

@@ -706,6 +706,12 @@ pub struct ProcessingConfig {
     /// there instead of replaying the log from the oldest open window. `0` turns them
     /// off (replay on restart). Not used with a Kafka source, whose restarts replay.
     pub checkpoint_interval: Duration,
+    /// Drop an event whose id (the `id` field) was already seen within this much event
+    /// time, counting it (0 = no dedup; the default). Events without an id pass.
+    pub dedup_horizon: Duration,
+    /// The most ids dedup remembers per partition; past it the oldest are forgotten
+    /// early (the horizon shrinks; counted). Bounds dedup memory to about 32 bytes per id.
+    pub dedup_max_ids: usize,
     /// A partition that receives no event for this long stops holding its windows back:
     /// its watermark advances to the lowest watermark of the partitions still receiving
     /// events (0 = never; the default).
@@ -741,6 +747,8 @@ impl Default for ProcessingConfig {
             out_of_orderness: Duration::from_secs(2),
             allowed_lateness: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(5),
+            dedup_horizon: Duration::ZERO,
+            dedup_max_ids: 1_000_000,
             idle_timeout: Duration::ZERO,
             shards: 0,
             batch_max_events: 8192,

@@ -132,6 +132,8 @@ const PIPELINE_KEYS: &[&str] = &[
     "out_of_orderness",
     "allowed_lateness",
     "checkpoint_interval",
+    "dedup_horizon",
+    "dedup_max_ids",
     "idle_timeout",
     "shards",
     "batch_max_events",
@@ -1016,6 +1018,12 @@ impl Reader {
             checkpoint_interval: self
                 .value(t, "checkpoint_interval", as_duration)
                 .unwrap_or(d.checkpoint_interval),
+            dedup_horizon: self
+                .value(t, "dedup_horizon", as_duration)
+                .unwrap_or(d.dedup_horizon),
+            dedup_max_ids: self
+                .value(t, "dedup_max_ids", as_uint)
+                .unwrap_or(d.dedup_max_ids),
             idle_timeout: self
                 .value(t, "idle_timeout", as_duration)
                 .unwrap_or(d.idle_timeout),

@@ -606,6 +606,9 @@ fn check_processing(out: &mut Issues, p: &ProcessingConfig, log: &LogSettings) {
             "must be a whole number of milliseconds (event times are in milliseconds)",
         );
     }
+    if !p.dedup_horizon.is_zero() && p.dedup_max_ids == 0 {
+        out.add("pipeline.dedup_max_ids", "must be greater than 0");
+    }
     if matches!(p.window, WindowSpec::Session { .. }) && p.checkpoint_interval.is_zero() {
         out.related(
             vec![
