@@ -56,6 +56,7 @@ fn input(dir: &Path, events: u64, keys: u64) -> anyhow::Result<PathBuf> {
             keys,
             uniform: false,
             zipf_exponent: 1.0,
+            hot_share: None,
             disorder_ms: 2000,
             malformed: 0.0,
             // Ten seconds of event time for ten million events.

@@ -25,6 +25,9 @@ pub struct Args {
     /// Zipf exponent.
     #[arg(long, default_value_t = 1.0)]
     pub zipf_exponent: f64,
+    /// Give key `u-0` this share of the events (0 to 1) and draw the rest uniformly.
+    #[arg(long, conflicts_with = "uniform")]
+    pub hot_share: Option<f64>,
     /// Largest event-time disorder, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub disorder_ms: u64,
@@ -51,11 +54,14 @@ impl Args {
         GeneratorConfig {
             count: Some(self.count),
             keys: self.keys,
-            distribution: if self.uniform {
+            distribution: if self.hot_share.is_some() {
+                KeyDistribution::Hot
+            } else if self.uniform {
                 KeyDistribution::Uniform
             } else {
                 KeyDistribution::Zipf
             },
+            hot_share: self.hot_share.unwrap_or(0.5),
             zipf_exponent: self.zipf_exponent,
             disorder: Duration::from_millis(self.disorder_ms),
             malformed: self.malformed,

@@ -545,6 +545,9 @@ pub struct GeneratorConfig {
     pub distribution: KeyDistribution,
     /// Exponent of the Zipf distribution (> 0; used with [`KeyDistribution::Zipf`]).
     pub zipf_exponent: f64,
+    /// Share of events on key 0 (in `[0, 1]`; used with [`KeyDistribution::Hot`]); the
+    /// rest are uniform over all keys.
+    pub hot_share: f64,
     /// Maximum event-time disorder.
     pub disorder: Duration,
     /// Share of malformed events, in `[0, 1]`.
@@ -576,6 +579,7 @@ impl Default for GeneratorConfig {
             keys: 1000,
             distribution: KeyDistribution::Uniform,
             zipf_exponent: 1.0,
+            hot_share: 0.5,
             disorder: Duration::ZERO,
             malformed: 0.0,
             seed: 0,
@@ -603,6 +607,8 @@ pub enum KeyDistribution {
     Uniform,
     /// A few hot keys, a long tail (`"zipf"`).
     Zipf,
+    /// One key (`u-0`) with `hot_share` of the events, the rest uniform (`"hot"`).
+    Hot,
 }
 
 /// A source reading JSON lines, or length-delimited Protobuf messages, from files.

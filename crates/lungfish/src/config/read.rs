@@ -66,6 +66,7 @@ const GENERATOR_KEYS: &[&str] = &[
     "keys",
     "distribution",
     "zipf_exponent",
+    "hot_share",
     "disorder",
     "malformed",
     "seed",
@@ -728,6 +729,7 @@ impl Reader {
                         &[
                             ("uniform", KeyDistribution::Uniform),
                             ("zipf", KeyDistribution::Zipf),
+                            ("hot", KeyDistribution::Hot),
                         ],
                     )
                 })
@@ -735,6 +737,7 @@ impl Reader {
             zipf_exponent: self
                 .value(t, "zipf_exponent", as_float)
                 .unwrap_or(d.zipf_exponent),
+            hot_share: self.value(t, "hot_share", as_float).unwrap_or(d.hot_share),
             disorder: self.value(t, "disorder", as_duration).unwrap_or(d.disorder),
             malformed: self.value(t, "malformed", as_float).unwrap_or(d.malformed),
             seed: self.value(t, "seed", as_uint).unwrap_or(d.seed),

@@ -446,6 +446,9 @@ fn check_generator(out: &mut Issues, path: &str, generator: &GeneratorConfig) {
         out.add(field("rate"), "must be greater than 0 (or \"unlimited\")");
     }
     out.at_least_one(field("keys"), generator.keys);
+    if !(0.0..=1.0).contains(&generator.hot_share) {
+        out.add(field("hot_share"), "must be a number from 0 to 1");
+    }
     if !(generator.zipf_exponent.is_finite() && generator.zipf_exponent > 0.0) {
         out.add(field("zipf_exponent"), "must be a number greater than 0");
     }

@@ -173,6 +173,7 @@ impl EventWriter {
         let broken = c.malformed > 0.0 && rng.next_f64() < c.malformed;
         let key = match &self.zipf {
             Some(z) => z.sample(&mut rng) - 1,
+            None if c.distribution == KeyDistribution::Hot && rng.next_f64() < c.hot_share => 0,
             None => rng.below(c.keys.max(1)),
         };
         let base = c.start_time as i128 + index as i128 * 1000 / c.events_per_second.max(1) as i128;
