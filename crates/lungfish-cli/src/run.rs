@@ -216,6 +216,19 @@ pub fn print_summary(s: &Summary, file: &Path) {
         stored.map_or("-".to_owned(), count),
         count(s.windows)
     );
+    let hot: Vec<String> = s
+        .hot_keys
+        .iter()
+        .flat_map(|(p, top)| {
+            top.iter()
+                .filter(|(_, share)| *share >= lungfish::hot_keys::HOT_SHARE)
+                .take(3)
+                .map(move |(k, share)| format!("{k} {:.1}% of p{p}", share * 100.0))
+        })
+        .collect();
+    if !hot.is_empty() {
+        println!("  {:<14} {}", "hot keys", hot.join(", "));
+    }
     if s.duplicates > 0 {
         println!(
             "  {:<14} {:>14} {:>14}",

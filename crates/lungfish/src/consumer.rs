@@ -276,6 +276,9 @@ pub struct ConsumerSettings {
     pub idle_timeout: Option<Duration>,
     /// Every partition's watermark and idleness, shared by the consumers.
     pub watermarks: Arc<Watermarks>,
+    /// Pre-aggregate hot keys in the consumer (the first of two stages, see
+    /// [`crate::hot_keys`]).
+    pub pre_aggregate: bool,
     /// Drop events whose id was seen within this horizon of event time, remembering at
     /// most this many ids (see [`crate::dedup`]); `None`: no dedup.
     pub dedup: Option<(i64, usize)>,
@@ -427,6 +430,11 @@ pub struct Consumer {
     seen: Option<crate::dedup::SeenIds>,
     /// Duplicates dropped in the current micro-batch.
     duplicates: u64,
+    /// Heavy-hitter detection; `None` when there is no first stage (session windows,
+    /// or turned off).
+    hot: Option<crate::hot_keys::HotKeys>,
+    /// Per shard: the hot keys' partial aggregates of the current micro-batch.
+    combiners: Vec<crate::hot_keys::Combiner>,
     /// The next cut takes a state checkpoint even if nothing changed since the last.
     force_state: bool,
 }
@@ -563,6 +571,11 @@ impl Consumer {
                 .dedup
                 .map(|(horizon, max_ids)| crate::dedup::SeenIds::new(horizon, max_ids)),
             duplicates: 0,
+            hot: (settings.pre_aggregate && !settings.windowing.is_session())
+                .then(crate::hot_keys::HotKeys::default),
+            combiners: (0..shard_count)
+                .map(|_| crate::hot_keys::Combiner::default())
+                .collect(),
             settings,
         }
     }
@@ -1062,8 +1075,21 @@ impl Consumer {
         } else {
             let hash = key_hash(key);
             let shard = shard_for(hash, self.batches.len());
-            self.note_item(key.len() + 40 + 8 * numbers.len());
-            self.batches[shard].push(hash, ts, closed, key, numbers.iter().copied());
+            match &mut self.hot {
+                Some(hot) if hot.is_hot(hash) => {
+                    hot.observe(hash, key);
+                    // The partial grows with the hot keys' windows, not their events.
+                    self.combiners[shard].add(&w, numbers.len(), hash, key, ts, closed, numbers);
+                    self.note_item(0);
+                }
+                hot => {
+                    if let Some(hot) = hot {
+                        hot.observe(hash, key);
+                    }
+                    self.note_item(key.len() + 40 + 8 * numbers.len());
+                    self.batches[shard].push(hash, ts, closed, key, numbers.iter().copied());
+                }
+            }
             self.pending += 1;
             let max_ts_before = self.max_ts;
             let (open, last_noted) = (&mut self.open, &mut self.last_noted);
@@ -1196,6 +1222,9 @@ impl Consumer {
         let partition = self.partition;
         let per_shard = self.settings.batch_max_events / self.batches.len().max(1) + 16;
         for (s, batch) in self.batches.iter_mut().enumerate() {
+            if !self.combiners[s].is_empty() {
+                batch.partials = self.combiners[s].take();
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -1242,6 +1271,24 @@ impl Consumer {
         } else {
             (normal, final_line)
         };
+        if let Some(hot) = &mut self.hot
+            && hot.end_batch()
+        {
+            let top: Vec<(String, f64)> = hot
+                .top()
+                .iter()
+                .take(5)
+                .map(|k| (k.key.clone(), k.share))
+                .collect();
+            let p = partition.to_string();
+            metrics::gauge!("lungfish_hot_keys", "partition" => p.clone())
+                .set(hot.hot_count() as f64);
+            for rank in 0..3 {
+                metrics::gauge!("lungfish_hot_key_share", "partition" => p.clone(), "rank" => (rank + 1).to_string())
+                    .set(top.get(rank).map_or(0.0, |k| k.1));
+            }
+            self.control.stats.report_hot_keys(partition, top);
+        }
         let duplicates = std::mem::take(&mut self.duplicates);
         if duplicates > 0 {
             self.control
@@ -1484,6 +1531,7 @@ fn batch_with_capacity(partition: u32, events: usize) -> ShardBatch {
         key_data: Vec::with_capacity(events * 8),
         key_ends: Vec::with_capacity(events),
         numbers: Vec::new(),
+        partials: Vec::new(),
         lease: Lease::default(),
     }
 }

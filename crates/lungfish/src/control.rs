@@ -26,6 +26,16 @@ pub struct Stats {
     pub rows_written: AtomicU64,
     /// Set once every source has finished and its appends are durable.
     pub sources_done: AtomicBool,
+    /// Per partition, its heaviest keys at the last review with their share of the
+    /// partition's events (see [`crate::hot_keys`]).
+    pub hot_keys: Mutex<std::collections::BTreeMap<u32, Vec<(String, f64)>>>,
+}
+
+impl Stats {
+    /// Records partition `partition`'s heaviest keys (once per review, not per event).
+    pub fn report_hot_keys(&self, partition: u32, top: Vec<(String, f64)>) {
+        self.hot_keys.lock().unwrap().insert(partition, top);
+    }
 }
 
 /// How a pipeline is asked to stop, and how it reports a failure.

@@ -37,6 +37,7 @@ pub mod dlq_replay;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod hot_keys;
 pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -87,6 +87,9 @@ pub struct Summary {
     pub corrections: u64,
     /// Events dropped as duplicates by id, this run.
     pub duplicates: u64,
+    /// Per partition, its heaviest keys and their share of its events, at the last
+    /// review (see [`crate::hot_keys`]).
+    pub hot_keys: BTreeMap<u32, Vec<(String, f64)>>,
     /// Events in the log over all runs.
     pub log_events: u64,
     /// Dead-letter entries over all runs, by (stage, kind).
@@ -495,6 +498,7 @@ impl Pipeline {
             windows: stats.windows.load(Ordering::Relaxed),
             corrections: stats.corrections.load(Ordering::Relaxed),
             duplicates: stats.duplicates.load(Ordering::Relaxed),
+            hot_keys: stats.hot_keys.lock().unwrap().clone(),
             log_events,
             dead_letters: dead_letters.counts()?,
             sources: reports,
@@ -603,6 +607,7 @@ impl Pipeline {
             windows: stats.windows.load(Ordering::Relaxed),
             corrections: stats.corrections.load(Ordering::Relaxed),
             duplicates: stats.duplicates.load(Ordering::Relaxed),
+            hot_keys: stats.hot_keys.lock().unwrap().clone(),
             log_events: 0,
             dead_letters: dead_letters.counts()?,
             sources: vec![SourceReport {
@@ -674,6 +679,7 @@ fn consumer_settings(
         idle_timeout: (!p.idle_timeout.is_zero()).then_some(p.idle_timeout),
         watermarks: Arc::new(crate::consumer::Watermarks::new(partitions)),
         state: None,
+        pre_aggregate: p.pre_aggregate,
         dedup: (!p.dedup_horizon.is_zero()).then(|| {
             (
                 i64::try_from(p.dedup_horizon.as_millis()).unwrap_or(i64::MAX),

@@ -38,6 +38,9 @@ pub struct ShardBatch {
     pub key_ends: Vec<u32>,
     /// Numbers, `number_fields` per event.
     pub numbers: Vec<f64>,
+    /// Partial aggregates of hot keys (the first stage, see [`crate::hot_keys`]): per
+    /// window start, the table to merge into the shard's window.
+    pub partials: Vec<(i64, WindowTable)>,
     /// The queue bytes this batch holds until it is dropped (see [`crate::budget`]).
     pub lease: Lease,
 }
@@ -48,9 +51,9 @@ impl ShardBatch {
         self.ts.len()
     }
 
-    /// True if there is no event.
+    /// True if there is no event and no partial aggregate.
     pub fn is_empty(&self) -> bool {
-        self.ts.is_empty()
+        self.ts.is_empty() && self.partials.is_empty()
     }
 
     /// Bytes the batch holds on the heap (its buffers' capacities).
@@ -61,6 +64,11 @@ impl ShardBatch {
             + self.key_data.capacity()
             + self.key_ends.capacity() * 4
             + self.numbers.capacity() * 8) as u64
+            + self
+                .partials
+                .iter()
+                .map(|(_, t)| t.heap_bytes())
+                .sum::<u64>()
     }
 
     /// Adds one event.
@@ -338,6 +346,12 @@ impl Shard {
         }
         let windows = &mut self.windows[batch.partition as usize];
         let n = self.number_fields;
+        for (start, partial) in &batch.partials {
+            let table = window_mut(windows, *start, n);
+            partial.for_each_key(|hash, key, count, aggs, _| {
+                table.merge_key(hash, key, count, aggs, false);
+            });
+        }
         let mut key_from = 0usize;
         for i in 0..batch.len() {
             if let Some(&ts) = batch.ts.get(i + AHEAD) {

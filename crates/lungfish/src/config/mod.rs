@@ -712,6 +712,10 @@ pub struct ProcessingConfig {
     /// there instead of replaying the log from the oldest open window. `0` turns them
     /// off (replay on restart). Not used with a Kafka source, whose restarts replay.
     pub checkpoint_interval: Duration,
+    /// Pre-aggregate the keys that carry a large share of the events in the consumers
+    /// before they cross to their shard, so one hot key does not load one shard with
+    /// its traffic (see [`crate::hot_keys`]; default on).
+    pub pre_aggregate: bool,
     /// Drop an event whose id (the `id` field) was already seen within this much event
     /// time, counting it (0 = no dedup; the default). Events without an id pass.
     pub dedup_horizon: Duration,
@@ -753,6 +757,7 @@ impl Default for ProcessingConfig {
             out_of_orderness: Duration::from_secs(2),
             allowed_lateness: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(5),
+            pre_aggregate: true,
             dedup_horizon: Duration::ZERO,
             dedup_max_ids: 1_000_000,
             idle_timeout: Duration::ZERO,

@@ -135,6 +135,7 @@ const PIPELINE_KEYS: &[&str] = &[
     "checkpoint_interval",
     "dedup_horizon",
     "dedup_max_ids",
+    "pre_aggregate",
     "idle_timeout",
     "shards",
     "batch_max_events",
@@ -1021,6 +1022,9 @@ impl Reader {
             checkpoint_interval: self
                 .value(t, "checkpoint_interval", as_duration)
                 .unwrap_or(d.checkpoint_interval),
+            pre_aggregate: self
+                .value(t, "pre_aggregate", as_bool)
+                .unwrap_or(d.pre_aggregate),
             dedup_horizon: self
                 .value(t, "dedup_horizon", as_duration)
                 .unwrap_or(d.dedup_horizon),
