@@ -359,9 +359,10 @@ fn waiting_for_space<T>(
                 if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                     tracing::warn!(
                         error = %e,
-                        "the log is full: the source waits for consumers to catch up. A consumer commits only up to \
-                         its oldest open window, so if the consumers have read everything (lungfish_consumer_lag is 0) \
-                         the open windows need more room than log.max_size: raise it"
+                        "the log is full: the source waits for consumers to catch up. A consumer commits at its \
+                         state checkpoints (every [pipeline] checkpoint_interval), or, with them off, only up to its \
+                         oldest open window; if the consumers have read everything (lungfish_consumer_lag is 0), \
+                         raise log.max_size"
                     );
                     last_warning = Some(Instant::now());
                 }
