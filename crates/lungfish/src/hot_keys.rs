@@ -19,7 +19,7 @@
 use crate::sketch::{HeavyHitter, HeavyHitters};
 use crate::window::{WindowTable, Windowing};
 
-/// One event in this many is sampled into the heavy-hitter sketch.
+/// About one event in this many is sampled into the heavy-hitter sketch.
 pub const SAMPLE_EVERY: u32 = 8;
 /// The hot set is reviewed every this many micro-batches.
 pub const REVIEW_EVERY: u32 = 16;
@@ -34,7 +34,8 @@ const CAPACITY: usize = 256;
 #[derive(Debug)]
 pub struct HotKeys {
     sketch: HeavyHitters,
-    tick: u32,
+    /// The sampling sequence's state (never 0).
+    tick: u64,
     batches: u32,
     /// Hashes of the hot keys, by `hash & 63` with linear probing; 0 = empty.
     set: [u64; 64],
@@ -46,7 +47,7 @@ impl Default for HotKeys {
     fn default() -> Self {
         HotKeys {
             sketch: HeavyHitters::new(CAPACITY),
-            tick: 0,
+            tick: 0x9E37_79B9_7F4A_7C15,
             batches: 0,
             set: [0; 64],
             hot: 0,
@@ -57,11 +58,17 @@ impl Default for HotKeys {
 
 impl HotKeys {
     /// Samples one event of `key` (one in [`SAMPLE_EVERY`] is counted).
+    ///
+    /// Which events are sampled comes from a xorshift sequence, not a fixed stride, so a
+    /// periodic key pattern (round-robin keys) cannot hide a key from the sample.
     #[inline]
     pub fn observe(&mut self, hash: u64, key: &[u8]) {
-        self.tick += 1;
-        if self.tick >= SAMPLE_EVERY {
-            self.tick = 0;
+        let mut x = self.tick;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.tick = x;
+        if x.is_multiple_of(u64::from(SAMPLE_EVERY)) {
             self.sketch.observe(hash, key, 1);
         }
     }
@@ -186,7 +193,7 @@ mod tests {
             }
         }
         assert!(reviewed);
-        assert!(hk.is_hot(hot));
+        assert!(hk.is_hot(hot), "{:?}", hk.top());
         assert_eq!(hk.hot_count(), 1, "{:?}", hk.top());
         assert!(!hk.is_hot(crate::event::key_hash(b"k1")));
         let top = &hk.top()[0];

@@ -155,6 +155,7 @@ fn full_example_parses_to_the_expected_structs() {
             keys: 100_000,
             distribution: KeyDistribution::Zipf,
             zipf_exponent: 1.0,
+            hot_share: 0.5,
             disorder: Duration::from_secs(2),
             malformed: 0.0,
             seed: 42,
@@ -629,7 +630,7 @@ batch_max_rows = "many"
         (
             "\"zipfian\"",
             "sources.gen.distribution",
-            "expected \"uniform\" or \"zipf\", found \"zipfian\"",
+            "expected \"uniform\" or \"zipf\" or \"hot\", found \"zipfian\"",
         ),
         (
             "\"1\"",
