@@ -331,6 +331,7 @@ impl Shard {
                     &batch.key_data[key_from..key_to],
                     batch.ts[i],
                     &batch.numbers[i * n..i * n + n],
+                    &self.schema,
                 );
                 key_from = key_to;
             }
@@ -351,10 +352,10 @@ impl Shard {
             key_from = key_to;
             let numbers = &batch.numbers[i * n..i * n + n];
             let hash = batch.hashes[i];
-            self.windowing
-                .for_each_open(batch.ts[i], batch.cutoffs[i], |start| {
-                    window_mut(windows, start, n).add(hash, key, numbers.iter().copied());
-                });
+            let (ts, schema) = (batch.ts[i], &*self.schema);
+            self.windowing.for_each_open(ts, batch.cutoffs[i], |start| {
+                window_mut(windows, start, n).add(hash, key, ts, numbers, schema);
+            });
         }
     }
 
