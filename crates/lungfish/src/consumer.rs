@@ -279,6 +279,8 @@ pub struct ConsumerSettings {
     /// Pre-aggregate hot keys in the consumer (the first of two stages, see
     /// [`crate::hot_keys`]).
     pub pre_aggregate: bool,
+    /// The aggregates the windows compute (what a first-stage partial holds).
+    pub row_schema: Arc<crate::window::RowSchema>,
     /// Drop events whose id was seen within this horizon of event time, remembering at
     /// most this many ids (see [`crate::dedup`]); `None`: no dedup.
     pub dedup: Option<(i64, usize)>,
@@ -1079,7 +1081,15 @@ impl Consumer {
                 Some(hot) if hot.is_hot(hash) => {
                     hot.observe(hash, key);
                     // The partial grows with the hot keys' windows, not their events.
-                    self.combiners[shard].add(&w, numbers.len(), hash, key, ts, closed, numbers);
+                    self.combiners[shard].add(
+                        &w,
+                        &self.settings.row_schema,
+                        hash,
+                        key,
+                        ts,
+                        closed,
+                        numbers,
+                    );
                     self.note_item(0);
                 }
                 hot => {

@@ -17,7 +17,7 @@
 //! do not depend on it. Session windows are per event and skip the first stage.
 
 use crate::sketch::{HeavyHitter, HeavyHitters};
-use crate::window::{WindowTable, Windowing};
+use crate::window::{RowSchema, WindowTable, Windowing};
 
 /// About one event in this many is sampled into the heavy-hitter sketch.
 pub const SAMPLE_EVERY: u32 = 8;
@@ -141,7 +141,7 @@ impl Combiner {
     pub fn add(
         &mut self,
         windowing: &Windowing,
-        number_fields: usize,
+        schema: &RowSchema,
         hash: u64,
         key: &[u8],
         ts: i64,
@@ -153,11 +153,11 @@ impl Combiner {
             let at = match windows.iter().position(|(s, _)| *s == start) {
                 Some(at) => at,
                 None => {
-                    windows.push((start, WindowTable::new(number_fields)));
+                    windows.push((start, WindowTable::new(schema.number_fields())));
                     windows.len() - 1
                 }
             };
-            windows[at].1.add(hash, key, numbers.iter().copied());
+            windows[at].1.add(hash, key, ts, numbers, schema);
         });
     }
 

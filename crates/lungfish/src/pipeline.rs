@@ -246,7 +246,7 @@ impl Pipeline {
         let memory = MemoryPlan::new(p.memory_limit, http_sources);
         let state_dir = StateDir::new(&cfg.data_dir, &cfg.name);
         let restoring = Instant::now();
-        let restores = restore_state(&cfg, &log, &state_dir, shard_count, &number_fields)?;
+        let restores = restore_state(&cfg, &log, &state_dir, shard_count, &schema)?;
         let state_restored = (
             restores.iter().map(|(_, r)| r.entries).sum::<u64>(),
             restoring.elapsed(),
@@ -680,6 +680,7 @@ fn consumer_settings(
         watermarks: Arc::new(crate::consumer::Watermarks::new(partitions)),
         state: None,
         pre_aggregate: p.pre_aggregate,
+        row_schema: Arc::new(RowSchema::new(&p.aggregates, &cfg.number_fields())),
         dedup: (!p.dedup_horizon.is_zero()).then(|| {
             (
                 i64::try_from(p.dedup_horizon.as_millis()).unwrap_or(i64::MAX),
@@ -865,6 +866,7 @@ impl StartedShards {
 
 /// Starts `shard_count` shards keeping state for `partitions` source partitions and
 /// writing to `sink_txs`.
+#[allow(clippy::too_many_arguments)]
 fn start_shards(
     cfg: &PipelineConfig,
     memory: &MemoryPlan,
@@ -924,7 +926,7 @@ fn restore_state(
     log: &Log,
     state_dir: &StateDir,
     shard_count: usize,
-    number_fields: &[String],
+    schema: &RowSchema,
 ) -> Result<Vec<(u32, Restored)>, Error> {
     let windowing =
         Windowing::new(&cfg.pipeline.window).with_lateness(cfg.pipeline.allowed_lateness);
@@ -938,7 +940,7 @@ fn restore_state(
         state_dir.remove_older(partition, id);
         if let Some(id) = id {
             let dir = state_dir.checkpoint(partition, id);
-            let restored = crate::state::load(&dir, shard_count, &windowing, number_fields.len())?;
+            let restored = crate::state::load_for(&dir, shard_count, &windowing, schema)?;
             restores.push((partition, restored));
         }
     }

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::window::{Accumulator, WindowRows};
+use crate::window::{Accumulator, RowSchema, WindowRows};
 
 /// One session of one key.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct SessionTable {
     ends: BTreeSet<(i64, Box<[u8]>, i64)>,
     sessions: usize,
     key_bytes: usize,
+    /// Heap bytes of the sessions' sketches.
+    sketch_bytes: u64,
 }
 
 impl SessionTable {
@@ -66,12 +68,12 @@ impl SessionTable {
         self.sessions == 0
     }
 
-    /// Approximate bytes held on the heap.
+    /// Approximate bytes held on the heap (sketches counted exactly).
     pub fn heap_bytes(&self) -> u64 {
         let per_session = std::mem::size_of::<Session>() as u64
             + 8 * 3 * self.number_fields as u64
             + 2 * (std::mem::size_of::<(i64, Box<[u8]>, i64)>() as u64 + 32);
-        self.sessions as u64 * per_session + 2 * self.key_bytes as u64
+        self.sessions as u64 * per_session + 2 * self.key_bytes as u64 + self.sketch_bytes
     }
 
     /// Drops every session (the partition moved to another instance).
@@ -80,11 +82,12 @@ impl SessionTable {
         self.ends.clear();
         self.sessions = 0;
         self.key_bytes = 0;
+        self.sketch_bytes = 0;
     }
 
-    /// Adds an event of `key` at `ts` with `numbers`; `cutoff` is the final line the
-    /// consumer routed it under (sessions ending at or before it are gone already).
-    pub fn add(&mut self, key: &[u8], ts: i64, numbers: &[f64]) {
+    /// Adds an event of `key` at `ts` with `numbers`, keeping the aggregates `schema`
+    /// needs (the consumer routes only events whose own session is not final yet).
+    pub fn add(&mut self, key: &[u8], ts: i64, numbers: &[f64], schema: &RowSchema) {
         let gap = self.gap;
         let end_of = |s: &Session| s.last.saturating_add(gap);
         let list = match self.by_key.get_mut(key) {
@@ -104,7 +107,8 @@ impl SessionTable {
         let key_box: Box<[u8]> = key.into();
         if first == last {
             let mut acc = Accumulator::new(self.number_fields);
-            acc.add(numbers);
+            acc.add(ts, numbers, schema);
+            self.sketch_bytes += acc.sketch_bytes();
             list.insert(
                 first,
                 Session {
@@ -123,6 +127,7 @@ impl SessionTable {
         let mut merged: Vec<Session> = list.drain(first..last).collect();
         for s in &merged {
             self.ends.remove(&(end_of(s), key_box.clone(), s.start));
+            self.sketch_bytes -= s.acc.sketch_bytes();
         }
         self.sessions -= merged.len();
         let mut into = merged.remove(0);
@@ -132,7 +137,8 @@ impl SessionTable {
             into.last = into.last.max(s.last);
             into.fired |= s.fired;
         }
-        into.acc.add(numbers);
+        into.acc.add(ts, numbers, schema);
+        self.sketch_bytes += into.acc.sketch_bytes();
         into.start = into.start.min(ts);
         into.last = into.last.max(ts);
         into.dirty = into.fired;
@@ -164,6 +170,7 @@ impl SessionTable {
         if !self.by_key.contains_key(key) {
             self.key_bytes += key.len();
         }
+        self.sketch_bytes += acc.sketch_bytes();
         let list = self.by_key.entry(key.into()).or_default();
         let at = list.partition_point(|s| s.start < start);
         list.insert(
@@ -214,7 +221,7 @@ impl SessionTable {
                 s.dirty = false;
             }
             if end <= final_line {
-                list.remove(at);
+                self.sketch_bytes -= list.remove(at).acc.sketch_bytes();
                 self.ends.remove(&(end, key.clone(), start));
                 self.sessions -= 1;
                 if list.is_empty() {
@@ -268,7 +275,7 @@ mod tests {
             ("a", 149, 3.0),
             ("a", 260, 4.0),
         ] {
-            t.add(k.as_bytes(), ts, &[v]);
+            t.add(k.as_bytes(), ts, &[v], &schema());
         }
         let mut out = WindowRows::new(schema());
         assert_eq!(t.close(249, 249, &mut out), (2, 0));
@@ -289,10 +296,10 @@ mod tests {
     #[test]
     fn an_event_between_two_sessions_merges_them() {
         let mut t = SessionTable::new(100, 1);
-        t.add(b"k", 0, &[1.0]);
-        t.add(b"k", 180, &[2.0]);
+        t.add(b"k", 0, &[1.0], &schema());
+        t.add(b"k", 180, &[2.0], &schema());
         assert_eq!(t.len(), 2);
-        t.add(b"k", 90, &[3.0]); // less than the gap from both 0 and 180
+        t.add(b"k", 90, &[3.0], &schema()); // less than the gap from both 0 and 180
         assert_eq!(t.len(), 1);
         let mut out = WindowRows::new(schema());
         t.close(i64::MAX, i64::MAX, &mut out);
@@ -302,12 +309,12 @@ mod tests {
     #[test]
     fn a_late_event_within_lateness_corrects_the_fired_row() {
         let mut t = SessionTable::new(100, 1);
-        t.add(b"k", 0, &[1.0]);
+        t.add(b"k", 0, &[1.0], &schema());
         let mut out = WindowRows::new(schema());
         // Watermark 100 fires [0, 100); lateness keeps it until the final line passes.
         assert_eq!(t.close(100, 50, &mut out), (1, 0));
         assert_eq!(rows(&out), vec![(0, 100, "k".into(), 1.0, 1.0)]);
-        t.add(b"k", 40, &[2.0]);
+        t.add(b"k", 40, &[2.0], &schema());
         let mut out = WindowRows::new(schema());
         assert_eq!(
             t.close(130, 80, &mut out),

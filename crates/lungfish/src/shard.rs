@@ -339,6 +339,7 @@ impl Shard {
                     &batch.key_data[key_from..key_to],
                     batch.ts[i],
                     &batch.numbers[i * n..i * n + n],
+                    &self.schema,
                 );
                 key_from = key_to;
             }
@@ -347,10 +348,7 @@ impl Shard {
         let windows = &mut self.windows[batch.partition as usize];
         let n = self.number_fields;
         for (start, partial) in &batch.partials {
-            let table = window_mut(windows, *start, n);
-            partial.for_each_key(|hash, key, count, aggs, _| {
-                table.merge_key(hash, key, count, aggs, false);
-            });
+            window_mut(windows, *start, n).merge_from(partial);
         }
         let mut key_from = 0usize;
         for i in 0..batch.len() {
@@ -365,10 +363,10 @@ impl Shard {
             key_from = key_to;
             let numbers = &batch.numbers[i * n..i * n + n];
             let hash = batch.hashes[i];
-            self.windowing
-                .for_each_open(batch.ts[i], batch.cutoffs[i], |start| {
-                    window_mut(windows, start, n).add(hash, key, numbers.iter().copied());
-                });
+            let (ts, schema) = (batch.ts[i], &*self.schema);
+            self.windowing.for_each_open(ts, batch.cutoffs[i], |start| {
+                window_mut(windows, start, n).add(hash, key, ts, numbers, schema);
+            });
         }
     }
 

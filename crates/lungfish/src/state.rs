@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 use crate::event::shard_for;
 use crate::session::SessionTable;
-use crate::window::{Accumulator, WindowTable, Windowing};
+use crate::window::{
+    Accumulator, KeySketches, OwnedKeySketches, RowSchema, SketchPlan, WindowTable, Windowing,
+};
 
 const MAGIC: &[u8; 8] = b"LFSTATE1";
 
@@ -203,9 +205,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The kinds of window a shard file holds.
+/// The kinds of window a shard file holds. The `_SKETCHED` kinds are followed by the
+/// sketch plan, and every key (or session) by its encoded sketches (empty if it has
+/// none); files without sketch aggregates are written as before they existed.
 const ALIGNED: u8 = 0;
 const SESSIONS: u8 = 1;
+const ALIGNED_SKETCHED: u8 = 2;
+const SESSIONS_SKETCHED: u8 = 3;
+
+/// Appends a key's sketches as a length-prefixed block: empty unless they follow `plan`.
+fn put_sketches(
+    out: &mut Vec<u8>,
+    plan: &std::sync::Arc<SketchPlan>,
+    sketches: Option<KeySketches<'_>>,
+) {
+    let at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    if let Some(k) = sketches
+        && (std::sync::Arc::ptr_eq(k.plan(), plan) || **k.plan() == **plan)
+    {
+        k.encode(out);
+    }
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
 
 /// Writes one shard's part of a partition's state to `dir/shard-<index>.bin`, durably.
 ///
@@ -222,14 +245,26 @@ pub fn write_shard(
     let mut body = Vec::new();
     body.extend_from_slice(&(number_fields as u32).to_le_bytes());
     body.extend_from_slice(&windowing.size_ms().to_le_bytes());
+    let put_plan = |body: &mut Vec<u8>, plan: &SketchPlan| {
+        let mut encoded = Vec::new();
+        plan.encode(&mut encoded);
+        put_bytes(body, &encoded);
+    };
     if !windowing.is_session() {
-        body.push(ALIGNED);
+        let plan = windows.iter().find_map(|(_, t)| t.sketch_plan()).cloned();
+        match &plan {
+            Some(plan) => {
+                body.push(ALIGNED_SKETCHED);
+                put_plan(&mut body, plan);
+            }
+            None => body.push(ALIGNED),
+        }
         body.extend_from_slice(&(windows.len() as u32).to_le_bytes());
         for (start, table) in windows {
             body.extend_from_slice(&start.to_le_bytes());
             body.push(u8::from(table.has_fired()));
             body.extend_from_slice(&(table.len() as u64).to_le_bytes());
-            table.for_each_key(|hash, key, count, aggs, dirty| {
+            table.for_each_key(|hash, key, count, aggs, sketches, dirty| {
                 body.extend_from_slice(&hash.to_le_bytes());
                 put_bytes(&mut body, key);
                 body.extend_from_slice(&count.to_le_bytes());
@@ -237,10 +272,25 @@ pub fn write_shard(
                     body.extend_from_slice(&a.to_bits().to_le_bytes());
                 }
                 body.push(u8::from(dirty));
+                if let Some(plan) = &plan {
+                    put_sketches(&mut body, plan, sketches);
+                }
             });
         }
     } else {
-        body.push(SESSIONS);
+        let mut plan = None;
+        sessions.for_each_session(|_, _, _, acc, _, _| {
+            if plan.is_none() {
+                plan = acc.sketches().map(|k| k.plan().clone());
+            }
+        });
+        match &plan {
+            Some(plan) => {
+                body.push(SESSIONS_SKETCHED);
+                put_plan(&mut body, plan);
+            }
+            None => body.push(SESSIONS),
+        }
         body.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
         sessions.for_each_session(|key, start, last, acc, fired, dirty| {
             put_bytes(&mut body, key);
@@ -251,6 +301,9 @@ pub fn write_shard(
             body.extend_from_slice(&count.to_le_bytes());
             for a in aggs {
                 body.extend_from_slice(&a.to_bits().to_le_bytes());
+            }
+            if let Some(plan) = &plan {
+                put_sketches(&mut body, plan, acc.sketches());
             }
         });
     }
@@ -285,15 +338,41 @@ pub struct Restored {
 }
 
 /// Reads every shard file of the state checkpoint in `dir` and places each key on
-/// `shards` shards by its hash.
+/// `shards` shards by its hash. Sketches are restored as the files describe them; use
+/// [`load_for`] to also check them against the pipeline's aggregates.
 ///
 /// # Errors
-/// A file is missing, damaged or was written for other aggregates.
+/// A file is missing, damaged or was written for other windows or number fields.
 pub fn load(
     dir: &Path,
     shards: usize,
     windowing: &Windowing,
     number_fields: usize,
+) -> Result<Restored, StateError> {
+    load_inner(dir, shards, windowing, number_fields, None)
+}
+
+/// [`load`] for the pipeline whose rows have `schema`: a file whose sketches
+/// (`distinct`, `quantile`, `ewma`) do not match the schema's is
+/// [`StateError::Damaged`], as is one for other number fields or windows.
+///
+/// # Errors
+/// A file is missing, damaged or was written for other aggregates or windows.
+pub fn load_for(
+    dir: &Path,
+    shards: usize,
+    windowing: &Windowing,
+    schema: &RowSchema,
+) -> Result<Restored, StateError> {
+    load_inner(dir, shards, windowing, schema.number_fields(), Some(schema))
+}
+
+fn load_inner(
+    dir: &Path,
+    shards: usize,
+    windowing: &Windowing,
+    number_fields: usize,
+    schema: Option<&RowSchema>,
 ) -> Result<Restored, StateError> {
     let mut restored = Restored {
         windows: (0..shards).map(|_| Vec::new()).collect(),
@@ -339,8 +418,45 @@ pub fn load(
         }
         let kind = r.u8().ok_or_else(|| damaged("truncated"))?;
         let truncated = || damaged("truncated");
+        let plan = match kind {
+            ALIGNED_SKETCHED | SESSIONS_SKETCHED => {
+                let mut bytes = r.bytes().ok_or_else(truncated)?;
+                let plan = SketchPlan::decode(&mut bytes, nf)
+                    .filter(|_| bytes.is_empty())
+                    .ok_or_else(|| damaged("malformed sketch plan"))?;
+                Some(std::sync::Arc::new(plan))
+            }
+            _ => None,
+        };
+        // With the schema known, saved sketches must be the ones it keeps, and keys get
+        // the schema's own plan (so the shards' first events find it in place).
+        let plan = match schema {
+            None => plan,
+            Some(schema) => {
+                let want = schema.sketches();
+                if plan.as_deref() != want.map(|p| &**p) {
+                    return Err(damaged(
+                        "written for other sketch aggregates (distinct, quantile, ewma): the aggregates changed",
+                    ));
+                }
+                want.cloned()
+            }
+        };
+        let read_sketches = |r: &mut Reader<'_>| -> Result<Option<OwnedKeySketches>, StateError> {
+            let Some(plan) = &plan else {
+                return Ok(None);
+            };
+            let mut bytes = r.bytes().ok_or_else(truncated)?;
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            OwnedKeySketches::decode(&mut bytes, plan)
+                .filter(|_| bytes.is_empty())
+                .map(Some)
+                .ok_or_else(|| damaged("malformed sketch"))
+        };
         match kind {
-            ALIGNED if !windowing.is_session() => {
+            ALIGNED | ALIGNED_SKETCHED if !windowing.is_session() => {
                 let n = r.u32().ok_or_else(truncated)?;
                 for _ in 0..n {
                     let start = r.i64().ok_or_else(truncated)?;
@@ -352,6 +468,7 @@ pub fn load(
                         let count = r.u64().ok_or_else(truncated)?;
                         r.f64s(nf * 3, &mut aggs).ok_or_else(truncated)?;
                         let dirty = r.u8().ok_or_else(truncated)? != 0;
+                        let sketches = read_sketches(&mut r)?;
                         let windows = &mut restored.windows[shard_for(hash, shards)];
                         let at = windows.partition_point(|(s, _)| *s < start);
                         if at == windows.len() || windows[at].0 != start {
@@ -359,12 +476,19 @@ pub fn load(
                             table.set_fired(fired);
                             windows.insert(at, (start, table));
                         }
-                        windows[at].1.merge_key(hash, key, count, &aggs, dirty);
+                        windows[at].1.merge_key(
+                            hash,
+                            key,
+                            count,
+                            &aggs,
+                            sketches.as_ref().map(OwnedKeySketches::as_ref),
+                            dirty,
+                        );
                         restored.entries += 1;
                     }
                 }
             }
-            SESSIONS if windowing.is_session() => {
+            SESSIONS | SESSIONS_SKETCHED if windowing.is_session() => {
                 let n = r.u64().ok_or_else(truncated)?;
                 for _ in 0..n {
                     let key = r.bytes().ok_or_else(truncated)?;
@@ -373,7 +497,14 @@ pub fn load(
                     let flags = r.u8().ok_or_else(truncated)?;
                     let count = r.u64().ok_or_else(truncated)?;
                     r.f64s(nf * 3, &mut aggs).ok_or_else(truncated)?;
-                    let acc = Accumulator::from_parts(count, &aggs, nf).ok_or_else(truncated)?;
+                    let sketches = read_sketches(&mut r)?;
+                    let acc = Accumulator::from_parts(
+                        count,
+                        &aggs,
+                        nf,
+                        sketches.as_ref().map(OwnedKeySketches::as_ref),
+                    )
+                    .ok_or_else(truncated)?;
                     let shard = shard_for(crate::event::key_hash(key), shards);
                     restored.sessions[shard].restore(
                         key,
@@ -397,4 +528,194 @@ pub fn load(
         }
     }
     Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AggregateSpec, WindowSpec};
+    use crate::window::WindowRows;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn schema(aggs: &[&str]) -> Arc<RowSchema> {
+        let aggs: Vec<AggregateSpec> = aggs.iter().map(|t| t.parse().unwrap()).collect();
+        Arc::new(RowSchema::new(&aggs, &["v".into(), "u".into()]))
+    }
+
+    const ALL: [&str; 10] = [
+        "count",
+        "sum(v)",
+        "min(u)",
+        "max(v)",
+        "mean(u)",
+        "distinct(u)",
+        "quantile(v, 0.9) as p90",
+        "p50(u)",
+        "ewma(v, 10s)",
+        "ewma(u, 250ms)",
+    ];
+
+    fn rows(rows: &WindowRows) -> Vec<(i64, String, Vec<u64>)> {
+        let width = rows.schema().columns().len();
+        (0..rows.len())
+            .map(|i| {
+                let vals = (0..width).map(|c| rows.value(i, c).to_bits()).collect();
+                (rows.window_start(i), rows.key(i).to_owned(), vals)
+            })
+            .collect()
+    }
+
+    fn events() -> impl Iterator<Item = (String, i64, [f64; 2])> {
+        (0..4000i64).map(|i| {
+            let key = format!("key-{}", i % 17);
+            (
+                key,
+                i * 7 % 20_000,
+                [(i % 113) as f64 * 1.5, (i % 2100) as f64],
+            )
+        })
+    }
+
+    /// Writes the shard's state, loads it back and checks both emit identical rows.
+    fn round_trip(windowing: Windowing, s: &Arc<RowSchema>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut windows: Vec<(i64, WindowTable)> = Vec::new();
+        let mut sessions = SessionTable::new(windowing.size_ms(), 2);
+        for (key, ts, nums) in events() {
+            if windowing.is_session() {
+                sessions.add(key.as_bytes(), ts, &nums, s);
+                continue;
+            }
+            let start = windowing.last_start(ts);
+            let at = match windows.iter().position(|(w, _)| *w == start) {
+                Some(at) => at,
+                None => {
+                    windows.push((start, WindowTable::new(2)));
+                    windows.sort_by_key(|w| w.0);
+                    windows.iter().position(|(w, _)| *w == start).unwrap()
+                }
+            };
+            let hash = crate::event::key_hash(key.as_bytes());
+            windows[at].1.add(hash, key.as_bytes(), ts, &nums, s);
+        }
+        write_shard(dir.path(), 0, &windowing, 2, &windows, &sessions).unwrap();
+        for restored in [
+            load(dir.path(), 3, &windowing, 2).unwrap(),
+            load_for(dir.path(), 3, &windowing, s).unwrap(),
+        ] {
+            let emit_all = |windows: Vec<(i64, WindowTable)>,
+                            mut sessions: SessionTable,
+                            out: &mut WindowRows| {
+                for (start, t) in windows {
+                    t.emit(start, windowing.end(start), out);
+                }
+                sessions.close(i64::MAX, i64::MAX, out);
+            };
+            let mut want = WindowRows::new(s.clone());
+            let mut got = WindowRows::new(s.clone());
+            emit_all(
+                windows
+                    .iter()
+                    .map(|(w, t)| {
+                        let mut copy = WindowTable::new(2);
+                        copy.merge_from(t);
+                        (*w, copy)
+                    })
+                    .collect(),
+                {
+                    let mut copy = SessionTable::new(windowing.size_ms(), 2);
+                    sessions.for_each_session(|key, start, last, acc, fired, dirty| {
+                        copy.restore(key, start, last, acc.clone(), fired, dirty);
+                    });
+                    copy
+                },
+                &mut want,
+            );
+            for (w, ss) in restored.windows.into_iter().zip(restored.sessions) {
+                emit_all(w, ss, &mut got);
+            }
+            let (mut want, mut got) = (rows(&want), rows(&got));
+            want.sort();
+            got.sort();
+            assert!(!want.is_empty());
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn every_aggregate_survives_a_state_checkpoint() {
+        let s = schema(&ALL);
+        let tumbling = Windowing::new(&WindowSpec::Tumbling {
+            size: Duration::from_secs(5),
+        });
+        round_trip(tumbling, &s);
+        let session = Windowing::new(&WindowSpec::Session {
+            gap: Duration::from_millis(3),
+        });
+        round_trip(session, &s);
+        // And without sketches, the format as before.
+        round_trip(tumbling, &schema(&["count", "sum(v)", "max(u)"]));
+    }
+
+    #[test]
+    fn mismatched_or_damaged_sketches_are_refused() {
+        let s = schema(&ALL);
+        let windowing = Windowing::new(&WindowSpec::Tumbling {
+            size: Duration::from_secs(5),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = WindowTable::new(2);
+        for (key, ts, nums) in events().take(100) {
+            t.add(
+                crate::event::key_hash(key.as_bytes()),
+                key.as_bytes(),
+                ts,
+                &nums,
+                &s,
+            );
+        }
+        write_shard(
+            dir.path(),
+            0,
+            &windowing,
+            2,
+            &[(0, t)],
+            &SessionTable::new(5000, 2),
+        )
+        .unwrap();
+        let other = schema(&["count", "distinct(v)"]);
+        let err = load_for(dir.path(), 1, &windowing, &other).unwrap_err();
+        assert!(
+            matches!(&err, StateError::Damaged { reason, .. } if reason.contains("other sketch aggregates")),
+            "{err}"
+        );
+        let none = schema(&["count"]);
+        assert!(matches!(
+            load_for(dir.path(), 1, &windowing, &none),
+            Err(StateError::Damaged { .. })
+        ));
+
+        // A body with a valid checksum but a damaged sketch: still Damaged, no panic.
+        let path = dir.path().join("shard-0.bin");
+        let body = read_file(&path).unwrap();
+        for cut in [body.len() - 1, body.len() - 30, body.len() / 2, 40] {
+            write_file(&path, &body[..cut]).unwrap();
+            assert!(
+                matches!(
+                    load_for(dir.path(), 1, &windowing, &s),
+                    Err(StateError::Damaged { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut bad = body.clone();
+        // Flip bytes through the sketches: every outcome is Ok or Damaged, never a panic.
+        for i in (30..bad.len()).step_by(97) {
+            bad[i] ^= 0x5a;
+            write_file(&path, &bad).unwrap();
+            let _ = load_for(dir.path(), 1, &windowing, &s);
+            bad[i] ^= 0x5a;
+        }
+    }
 }

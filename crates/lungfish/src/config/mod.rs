@@ -925,6 +925,22 @@ pub enum AggFunc {
     Max,
     /// Mean of a field (sum / count).
     Mean,
+    /// Approximate number of distinct values of a field (HyperLogLog, 1.6% standard
+    /// error; see [`crate::sketch::Distinct`]).
+    Distinct,
+    /// The `ppm / 10^6`-quantile of a field, within 1% relative error (DDSketch; see
+    /// [`crate::sketch::Quantiles`]).
+    Quantile {
+        /// The quantile in parts per million: `0..=1_000_000` (`990_000` is p99).
+        ppm: u32,
+    },
+    /// Exponentially weighted mean of a field over event time: each value weighs
+    /// `2^(-age / half_life)` relative to the window's latest event (see
+    /// [`crate::sketch::DecayedMean`]).
+    Ewma {
+        /// The half-life: a whole number of milliseconds, at least 1 ms.
+        half_life: Duration,
+    },
 }
 
 /// A sink and the name it has in the file (`[sinks.NAME]`).

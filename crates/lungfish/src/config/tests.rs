@@ -1134,7 +1134,8 @@ fn aggregate_problems() {
             (
                 "pipeline.aggregates[1]",
                 "`avg(value)` is not an aggregate: unknown function `avg`, did you mean `mean`? \
-                 Expected count, sum(F), min(F), max(F) or mean(F), optionally followed by `as NAME`"
+                 Expected count, sum(F), min(F), max(F), mean(F), distinct(F), quantile(F, Q), \
+                 p50(F) .. p999(F) or ewma(F, HALF_LIFE), optionally followed by `as NAME`"
             ),
             (
                 "pipeline.aggregates[3]",
@@ -1151,7 +1152,8 @@ fn aggregate_problems() {
             (
                 "pipeline.aggregates[6]",
                 "`COUNT` is not an aggregate: unknown function `COUNT`, did you mean `count`? \
-                 Expected count, sum(F), min(F), max(F) or mean(F), optionally followed by `as NAME`"
+                 Expected count, sum(F), min(F), max(F), mean(F), distinct(F), quantile(F, Q), \
+                 p50(F) .. p999(F) or ewma(F, HALF_LIFE), optionally followed by `as NAME`"
             ),
             (
                 "pipeline.aggregates[7]",

@@ -7,8 +7,9 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings, MemoryPlan,
-    OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig, WindowSpec,
+    AggFunc, AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings,
+    MemoryPlan, OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig,
+    WindowSpec,
 };
 
 /// One problem. `fields[0]` is the field the problem is reported at; the others are the
@@ -667,6 +668,19 @@ fn aggregate_problem(aggregate: &AggregateSpec) -> Option<String> {
         (None, true) => return Some(format!("`{name}` needs a field")),
         (Some(field), true) if !is_field_name(field) => {
             return Some(format!("`{field}` is not a valid field name"));
+        }
+        _ => {}
+    }
+    match aggregate.func {
+        AggFunc::Quantile { ppm } if ppm > 1_000_000 => {
+            return Some(format!(
+                "quantile {ppm} ppm is out of range: expected 0..=1000000 parts per million"
+            ));
+        }
+        AggFunc::Ewma { half_life } => {
+            if let Some(problem) = super::aggregate::half_life_problem(half_life) {
+                return Some(problem);
+            }
         }
         _ => {}
     }

@@ -740,7 +740,14 @@ mod tests {
         assert!(e.retryable, "{e:?}");
         assert!(took < Duration::from_millis(2500), "{took:?}");
         assert!(e.message.contains("`rows`"), "{e}");
-        assert!(e.message.contains("0 of 10 messages acknowledged"), "{e}");
+        // Our write timeout or librdkafka's message timeout (set to the same) may fire
+        // first on a loaded machine; either way nothing was acknowledged.
+        assert!(
+            e.message.contains("0 of 10 messages acknowledged")
+                || e.message
+                    .contains("10 of 10 messages failed so far, 0 acknowledged"),
+            "{e}"
+        );
     }
 
     fn mock_sink(cluster: &MockCluster<'_, impl rdkafka::ClientContext>) -> KafkaSink {
