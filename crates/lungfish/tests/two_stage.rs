@@ -15,7 +15,10 @@ use lungfish::config::PipelineConfig;
 use lungfish::control::Control;
 use proptest::prelude::*;
 
-fn table(db: &Path) -> Vec<(i64, String, i64, i64, i64, i64)> {
+/// A row: window start, key, count, sum(v), min(v), max(w).
+type Row = (i64, String, i64, i64, i64, i64);
+
+fn table(db: &Path) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare(
@@ -37,11 +40,7 @@ fn table(db: &Path) -> Vec<(i64, String, i64, i64, i64, i64)> {
     .collect()
 }
 
-fn run(
-    dir: &Path,
-    window: &str,
-    pre_aggregate: bool,
-) -> (Vec<(i64, String, i64, i64, i64, i64)>, usize) {
+fn run(dir: &Path, window: &str, pre_aggregate: bool) -> (Vec<Row>, usize) {
     let data = dir.join(format!("data-{pre_aggregate}"));
     let db = dir.join(format!("out-{pre_aggregate}.db"));
     let text = format!(
