@@ -20,7 +20,12 @@
 //! | `lungfish_queue_bytes` | gauge | `stage` | bytes of batches waiting for a stage: `shards` (micro-batches from the consumers), `sinks` (rows from the shards, until every sink wrote them); at most their share of `memory_limit` |
 //! | `lungfish_queue_waits_total` | counter | `stage` | times the stage before waited for room in that queue (backpressure in bytes) |
 //! | `lungfish_state_bytes` | gauge | `shard` | bytes of open window state a shard holds |
-//! | `lungfish_windows_emitted_total` | counter | | window rows emitted by shards |
+//! | `lungfish_windows_emitted_total` | counter | | window rows emitted by shards (corrections included) |
+//! | `lungfish_window_corrections_total` | counter | | rows emitted again because late events within `allowed_lateness` changed a fired window |
+//! | `lungfish_duplicates_dropped_total` | counter | | events dropped because their id was seen within `dedup_horizon` |
+//! | `lungfish_idle_advances_total` | counter | | times an idle partition's watermark followed the busy partitions' (`idle_timeout`) |
+//! | `lungfish_hot_keys` | gauge | `partition` | keys pre-aggregated in the consumer (the first stage), at the last review |
+//! | `lungfish_hot_key_share` | gauge | `partition`, `rank` | share of the partition's events on its heaviest keys, ranks 1 to 3 (names in the run summary) |
 //! | `lungfish_sink_write_seconds` | histogram | `sink` | duration of one sink batch write |
 //! | `lungfish_sink_rows_total` | counter | `sink` | rows durably written |
 //! | `lungfish_sink_errors_total` | counter | `sink` | failed write attempts |
