@@ -432,8 +432,8 @@ pub struct Consumer {
     seen: Option<crate::dedup::SeenIds>,
     /// Duplicates dropped in the current micro-batch.
     duplicates: u64,
-    /// Heavy-hitter detection; `None` when there is no first stage (session windows,
-    /// or turned off).
+    /// Heavy-hitter detection (for the metrics and the first stage); `None` for
+    /// session windows.
     hot: Option<crate::hot_keys::HotKeys>,
     /// Per shard: the hot keys' partial aggregates of the current micro-batch.
     combiners: Vec<crate::hot_keys::Combiner>,
@@ -573,8 +573,7 @@ impl Consumer {
                 .dedup
                 .map(|(horizon, max_ids)| crate::dedup::SeenIds::new(horizon, max_ids)),
             duplicates: 0,
-            hot: (settings.pre_aggregate && !settings.windowing.is_session())
-                .then(crate::hot_keys::HotKeys::default),
+            hot: (!settings.windowing.is_session()).then(crate::hot_keys::HotKeys::default),
             combiners: (0..shard_count)
                 .map(|_| crate::hot_keys::Combiner::default())
                 .collect(),
@@ -1078,7 +1077,7 @@ impl Consumer {
             let hash = key_hash(key);
             let shard = shard_for(hash, self.batches.len());
             match &mut self.hot {
-                Some(hot) if hot.is_hot(hash) => {
+                Some(hot) if self.settings.pre_aggregate && hot.is_hot(hash) => {
                     hot.observe(hash, key);
                     // The partial grows with the hot keys' windows, not their events.
                     self.combiners[shard].add(

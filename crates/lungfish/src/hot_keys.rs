@@ -14,7 +14,11 @@
 //! last bits (floating-point addition is not associative).
 //!
 //! The hot set only decides *where* an event is added first, never *whether*: results
-//! do not depend on it. Session windows are per event and skip the first stage.
+//! do not depend on it, except for the order of floating-point additions. That is why
+//! the first stage is off by default (`[pipeline] pre_aggregate`): with it, micro-batch
+//! boundaries (which depend on timing) decide how a hot key's sum is grouped, so two
+//! runs may differ in the last bits of a fractional sum. Detection and the metrics run
+//! either way. Session windows are per event and skip both.
 
 use crate::sketch::{HeavyHitter, HeavyHitters};
 use crate::window::{RowSchema, WindowTable, Windowing};

@@ -399,18 +399,15 @@ impl Shard {
         for (start, table) in windows.drain(..n_final) {
             if table.has_fired() {
                 let mut table = table;
-                corrections +=
-                    table.emit_changes(start, self.windowing.end(start), &mut rows) as u64;
+                let (_, c) = table.emit_changes(start, self.windowing.end(start), &mut rows);
+                corrections += c as u64;
             } else {
                 table.emit(start, self.windowing.end(start), &mut rows);
             }
         }
         for (start, table) in windows.iter_mut().take(n_fired.saturating_sub(n_final)) {
-            let fired = table.has_fired();
-            let n = table.emit_changes(*start, self.windowing.end(*start), &mut rows);
-            if fired {
-                corrections += n as u64;
-            }
+            let (_, c) = table.emit_changes(*start, self.windowing.end(*start), &mut rows);
+            corrections += c as u64;
         }
         if corrections > 0 {
             self.control

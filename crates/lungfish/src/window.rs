@@ -859,6 +859,8 @@ struct Slot {
     ord: u32,
     /// Changed since the window last emitted its rows (only tracked once it has).
     dirty: bool,
+    /// The key's row has been emitted: emitting it again is a correction.
+    emitted: bool,
 }
 
 const _: () = assert!(
@@ -926,6 +928,7 @@ const EMPTY_SLOT: Slot = Slot {
     first: EMPTY_AGG,
     ord: 0,
     dirty: false,
+    emitted: false,
 };
 
 impl WindowTable {
@@ -1022,6 +1025,7 @@ impl WindowTable {
                     first: EMPTY_AGG,
                     ord: self.len as u32,
                     dirty: false,
+                    emitted: false,
                 };
                 self.len += 1;
                 return i;
@@ -1087,6 +1091,10 @@ impl WindowTable {
         let slot = &mut self.slots[i];
         slot.count += count;
         slot.dirty |= dirty || self.fired;
+        // Restored into a fired window: its row was emitted, unless it is still dirty
+        // from a key new since the firing (counted as a first emission, not as a
+        // correction; a restart may count such a key as a correction once).
+        slot.emitted |= self.fired && !dirty;
         if aggs.len() >= 3 {
             merge_agg(&mut slot.first, &aggs[..3]);
         }
@@ -1171,20 +1179,24 @@ impl WindowTable {
 
     /// Emits the rows not emitted yet and keeps the window (it is still taking late
     /// events): every key the first time, then only the keys changed since. Returns
-    /// the number of rows emitted.
-    pub fn emit_changes(&mut self, start: i64, end: i64, out: &mut WindowRows) -> usize {
+    /// the number of rows emitted, and how many of them are corrections (rows of keys
+    /// emitted before).
+    pub fn emit_changes(&mut self, start: i64, end: i64, out: &mut WindowRows) -> (usize, usize) {
         let fired = self.fired;
         let mut slots = Vec::new();
+        let mut corrections = 0;
         for s in self.slots.iter_mut().filter(|s| s.count > 0) {
             if !fired || s.dirty {
+                corrections += usize::from(s.emitted);
                 s.dirty = false;
+                s.emitted = true;
                 slots.push(*s);
             }
         }
         self.fired = true;
         let n = slots.len();
         self.emit_slots(slots, start, end, out);
-        n
+        (n, corrections)
     }
 
     /// Emits `slots`' rows in ascending key order.
