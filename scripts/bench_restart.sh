@@ -28,8 +28,12 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
 KEYS="${2:-1000000}"
 COUNT="${3:-$((5 * KEYS))}"
-cargo build --release -q -p lungfish-cli
-LF="${CARGO_TARGET_DIR:-$PWD/target}/release/lungfish"
+if [ -n "${LUNGFISH_BIN:-}" ]; then
+    LF="$LUNGFISH_BIN" # (to try the script itself with another build)
+else
+    cargo build --release -q -p lungfish-cli
+    LF="${CARGO_TARGET_DIR:-$PWD/target}/release/lungfish"
+fi
 WORK="$(mktemp -d)"
 PID=""
 cleanup() {
@@ -149,7 +153,7 @@ restart() {
     local restored_at="-"
     while kill -0 "$PID" 2>/dev/null; do
         if [ "$restored_at" = "-" ] && grep -q "restored open windows" "$dir/restart.err" 2>/dev/null; then
-            restored_at=$(echo "$(now) - $t0" | bc)
+            restored_at=$(printf '%.2f' "$(echo "$(now) - $t0" | bc)")
         fi
         sleep 0.01
     done
@@ -162,7 +166,7 @@ restart() {
         keys=$(echo "$line" | grep -o 'keys=[0-9]*' | cut -d= -f2)
         elapsed=$(echo "$line" | grep -o 'elapsed=[^ ]*' | cut -d= -f2)
     fi
-    echo "$(echo "$t1 - $t0" | bc) $restored_at $keys $elapsed"
+    echo "$(printf '%.2f' "$(echo "$t1 - $t0" | bc)") $restored_at $keys $elapsed"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -181,14 +185,14 @@ for run in $(seq "$RUNS"); do
         echo "run $run, $mode: $in_log events in the log; restart to caught up ${secs} s; restored line at ${restored_at} s (keys=$keys elapsed=$elapsed)" >&2
         TIMES[$mode]+="$secs "
         RESTORED[$mode]+="$restored_at "
-        DETAIL[$mode]+="${secs} s; "
+        DETAIL[$mode]+="${secs} s, "
         rm -rf "$dir"
     done
 done
 
 echo
 echo "Restart with ~$KEYS open keys ($COUNT events, 1-hour tumbling window, 2 partitions), median of $RUNS:"
-echo "\`scripts/bench_restart.sh $RUNS $KEYS $COUNT\` ($(nproc) cores, release build)"
+echo "\`scripts/bench_restart.sh $RUNS $KEYS $COUNT\` ($(nproc) cores, $LF)"
 echo
 echo "| mode | restart to caught up (median) | \"restored\" line after start (median) | runs |"
 echo "|---|---|---|---|"
