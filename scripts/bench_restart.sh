@@ -15,7 +15,7 @@
 #      finished, closes every window and writes its rows, and exits. "Restart to caught
 #      up" is the wall time of that run, from process start to exit: the only difference
 #      between the modes is getting the open windows back (the emission of the ~KEYS
-#      rows to the sink, a stdout sink sent to /dev/null, is the same work in both).
+#      rows to the sink, a stdout sink written to a file, is the same work in both).
 #      For state checkpoints, the time to the log line "restored open windows from the
 #      committed state checkpoints" (from process start) and its keys= and elapsed= are
 #      also shown.
@@ -147,7 +147,7 @@ fill() {
 restart() {
     local dir=$1 t0 t1
     t0=$(now)
-    (cd "$dir" && LUNGFISH_LOG=info NO_COLOR=1 exec "$LF" run --quiet bounded.toml >/dev/null 2>restart.err) &
+    (cd "$dir" && LUNGFISH_LOG=info NO_COLOR=1 exec "$LF" run --quiet bounded.toml >stdout.txt 2>restart.err) &
     PID=$!
     # Timestamp the "restored" line as it appears.
     local restored_at="-"
@@ -166,6 +166,8 @@ restart() {
         keys=$(echo "$line" | grep -o 'keys=[0-9]*' | cut -d= -f2)
         elapsed=$(echo "$line" | grep -o 'elapsed=[^ ]*' | cut -d= -f2)
     fi
+    echo "restart summary: $(grep -E '^ +(windows out|events/s)|complete' "$dir/stdout.txt" | tr -s ' ' | tr '\n' ';')" >&2
+    rm -f "$dir/stdout.txt"
     echo "$(printf '%.2f' "$(echo "$t1 - $t0" | bc)") $restored_at $keys $elapsed"
 }
 
