@@ -53,6 +53,6 @@ echo "| keys ($COUNT events, 100,000 keys) | events/s (median of $RUNS) | x unif
 echo "|---|---:|---:|"
 for case in uniform zipf hot hot-nopre; do
   M=$(echo "${RATES[$case]}" | median)
-  label=$case; [ "$case" = zipf ] && label="Zipf s=1.1"; [ "$case" = hot ] && label="one key 50%"; [ "$case" = hot-nopre ] && label="one key 50%, pre_aggregate = false"
+  label=$case; [ "$case" = zipf ] && label="Zipf s=1.1"; [ "$case" = hot ] && label="one key 50%, pre_aggregate = true"; [ "$case" = hot-nopre ] && label="one key 50% (default: no first stage)"
   echo "| $label | $M | $(awk -v m="$M" -v u="$U" 'BEGIN {printf "%.2f", m/u}') |"
 done
