@@ -4,8 +4,8 @@
 //! numbers (so sums are exact whatever the order), events out of order and late ones,
 //! tumbling and sliding windows. Each input runs through the real pipeline (file source,
 //! log, consumers, shards, SQLite sink) with `pre_aggregate = true` and `false`; the
-//! tables must be identical, and the first run must really have used the first stage
-//! (its summary names a hot key).
+//! tables must be identical, and the hot keys must really have been found (the run
+//! summary names them), so the first run folded them in the first stage.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -122,8 +122,10 @@ proptest! {
         };
         let (two, hot) = run(dir.path(), window, true);
         let (one, none) = run(dir.path(), window, false);
+        // Detection runs either way; with `pre_aggregate` the hot keys it finds are the
+        // ones the first stage folds.
         prop_assert!(hot >= 2, "the first stage found the hot keys ({hot})");
-        prop_assert_eq!(none, 0);
+        prop_assert!(none >= 2, "detection runs without the first stage too ({none})");
         prop_assert!(!one.is_empty());
         prop_assert_eq!(two, one);
     }
