@@ -19,11 +19,17 @@
 //!
 //! # What is committed, and replay
 //!
-//! Per partition the committed offset `C` comes with `(max_ts, E, P)` (see
-//! [`ReplayState`]), all taken from the latest *completed* checkpoint:
+//! With state checkpoints (see [`crate::state`]), only checkpoints that saved the open
+//! windows are committed: `C = P` below, and the metadata names the saved state, which
+//! the pipeline loads on start; nothing before `C` is read again.
+//!
+//! Without them (`checkpoint_interval = "0s"`, and with a Kafka source), per partition
+//! the committed offset `C` comes with `(max_ts, E, P)` (see [`ReplayState`]), all
+//! taken from the latest *completed* checkpoint:
 //! * `P` (processed-through): every record before `P` has all its effects durable;
-//! * `E` (emitted-through): every window ending at or before `E` is durably in every sink;
-//! * `C`: the first offset of the oldest window not yet emitted (or `P`);
+//! * `E` (final-through): every window ending at or before `E` is durably in every sink
+//!   and takes no more events (the watermark minus the allowed lateness);
+//! * `C`: the first offset of the oldest window still in state (or `P`);
 //! * `max_ts`: the largest event time before `C`, so the watermark restarts exactly.
 //!
 //! On restart the consumer reads from `C` with that `max_ts`, and for each record: a
