@@ -940,7 +940,7 @@ fn restore_state(
         state_dir.remove_older(partition, id);
         if let Some(id) = id {
             let dir = state_dir.checkpoint(partition, id);
-            let restored = crate::state::load_for(&dir, shard_count, &windowing, schema)?;
+            let restored = crate::state::load(&dir, shard_count, &windowing, schema)?;
             restores.push((partition, restored));
         }
     }

@@ -33,15 +33,27 @@ struct Session {
     dirty: bool,
 }
 
+/// One key's sessions, and the id that stands for the key in the end index.
+#[derive(Debug, Default)]
+struct KeySessions {
+    id: u64,
+    /// In ascending start order, never overlapping.
+    list: Vec<Session>,
+}
+
 /// The open sessions of one source partition, all keys.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     gap: i64,
     number_fields: usize,
-    /// Per key, its sessions in ascending start order (never overlapping).
-    by_key: HashMap<Box<[u8]>, Vec<Session>>,
-    /// (end, key, start) of every session: which to fire first.
-    ends: BTreeSet<(i64, Box<[u8]>, i64)>,
+    /// Per key, its sessions.
+    by_key: HashMap<Box<[u8]>, KeySessions>,
+    /// The key of each key id (ids keep the end index free of key copies, so an event
+    /// on a known key allocates nothing).
+    keys: HashMap<u64, Box<[u8]>>,
+    next_id: u64,
+    /// (end, key id, start) of every session: which to fire first.
+    ends: BTreeSet<(i64, u64, i64)>,
     sessions: usize,
     key_bytes: usize,
     /// Heap bytes of the sessions' sketches.
@@ -72,41 +84,73 @@ impl SessionTable {
     pub fn heap_bytes(&self) -> u64 {
         let per_session = std::mem::size_of::<Session>() as u64
             + 8 * 3 * self.number_fields as u64
-            + 2 * (std::mem::size_of::<(i64, Box<[u8]>, i64)>() as u64 + 32);
-        self.sessions as u64 * per_session + 2 * self.key_bytes as u64 + self.sketch_bytes
+            + std::mem::size_of::<(i64, u64, i64)>() as u64
+            + 32;
+        let per_key = 2 * (std::mem::size_of::<(Box<[u8]>, KeySessions)>() as u64 + 16);
+        self.sessions as u64 * per_session
+            + self.by_key.len() as u64 * per_key
+            + 2 * self.key_bytes as u64
+            + self.sketch_bytes
     }
 
     /// Drops every session (the partition moved to another instance).
     pub fn clear(&mut self) {
         self.by_key.clear();
+        self.keys.clear();
         self.ends.clear();
         self.sessions = 0;
         self.key_bytes = 0;
         self.sketch_bytes = 0;
     }
 
+    /// The sessions of `key`, created empty (with a new id) if it has none. Borrows
+    /// only the key maps, so the caller may update the other fields meanwhile.
+    fn key_sessions<'a>(
+        by_key: &'a mut HashMap<Box<[u8]>, KeySessions>,
+        keys: &mut HashMap<u64, Box<[u8]>>,
+        next_id: &mut u64,
+        key_bytes: &mut usize,
+        key: &[u8],
+    ) -> &'a mut KeySessions {
+        if !by_key.contains_key(key) {
+            let id = *next_id;
+            *next_id += 1;
+            *key_bytes += key.len();
+            keys.insert(id, key.into());
+            by_key.insert(
+                key.into(),
+                KeySessions {
+                    id,
+                    list: Vec::new(),
+                },
+            );
+        }
+        by_key.get_mut(key).expect("inserted above")
+    }
+
     /// Adds an event of `key` at `ts` with `numbers`, keeping the aggregates `schema`
     /// needs (the consumer routes only events whose own session is not final yet).
     pub fn add(&mut self, key: &[u8], ts: i64, numbers: &[f64], schema: &RowSchema) {
         let gap = self.gap;
+        let number_fields = self.number_fields;
         let end_of = |s: &Session| s.last.saturating_add(gap);
-        let list = match self.by_key.get_mut(key) {
-            Some(list) => list,
-            None => {
-                self.key_bytes += key.len();
-                self.by_key.entry(key.into()).or_default()
-            }
-        };
         let new_end = ts.saturating_add(gap);
+        let ks = Self::key_sessions(
+            &mut self.by_key,
+            &mut self.keys,
+            &mut self.next_id,
+            &mut self.key_bytes,
+            key,
+        );
+        let (id, list) = (ks.id, &mut ks.list);
         // Sessions overlapping [ts, ts + gap): a contiguous run, as they never overlap.
         let first = list.partition_point(|s| end_of(s) <= ts);
         let mut last = first;
         while last < list.len() && list[last].start < new_end {
             last += 1;
         }
-        let key_box: Box<[u8]> = key.into();
         if first == last {
-            let mut acc = Accumulator::new(self.number_fields);
+            let mut acc = Accumulator::new(number_fields);
             acc.add(ts, numbers, schema);
             self.sketch_bytes += acc.sketch_bytes();
             list.insert(
@@ -119,39 +163,38 @@ impl SessionTable {
                     dirty: false,
                 },
             );
-            self.ends.insert((new_end, key_box, ts));
+            self.ends.insert((new_end, id, ts));
             self.sessions += 1;
             return;
         }
-        // Merge the run into its first session.
-        let mut merged: Vec<Session> = list.drain(first..last).collect();
-        for s in &merged {
-            self.ends.remove(&(end_of(s), key_box.clone(), s.start));
+        // Merge the run into its first session, in place.
+        for s in &list[first..last] {
+            self.ends.remove(&(end_of(s), id, s.start));
             self.sketch_bytes -= s.acc.sketch_bytes();
         }
-        self.sessions -= merged.len();
-        let mut into = merged.remove(0);
-        for s in merged {
+        let (head, rest) = list.split_at_mut(first + 1);
+        let into = &mut head[first];
+        for s in &rest[..last - first - 1] {
             into.acc.merge(&s.acc);
             into.start = into.start.min(s.start);
             into.last = into.last.max(s.last);
             into.fired |= s.fired;
         }
         into.acc.add(ts, numbers, schema);
-        self.sketch_bytes += into.acc.sketch_bytes();
         into.start = into.start.min(ts);
         into.last = into.last.max(ts);
         into.dirty = into.fired;
+        self.sketch_bytes += into.acc.sketch_bytes();
         self.ends
-            .insert((into.last.saturating_add(gap), key_box, into.start));
-        list.insert(first, into);
-        self.sessions += 1;
+            .insert((into.last.saturating_add(gap), id, into.start));
+        list.drain(first + 1..last);
+        self.sessions -= last - first - 1;
     }
 
     /// Calls `f(key, start, last, acc, fired, dirty)` for every session (to save it).
     pub fn for_each_session(&self, mut f: impl FnMut(&[u8], i64, i64, &Accumulator, bool, bool)) {
-        for (key, list) in &self.by_key {
-            for s in list {
+        for (key, ks) in &self.by_key {
+            for s in &ks.list {
                 f(key, s.start, s.last, &s.acc, s.fired, s.dirty);
             }
         }
@@ -167,13 +210,18 @@ impl SessionTable {
         fired: bool,
         dirty: bool,
     ) {
-        if !self.by_key.contains_key(key) {
-            self.key_bytes += key.len();
-        }
+        let gap = self.gap;
         self.sketch_bytes += acc.sketch_bytes();
-        let list = self.by_key.entry(key.into()).or_default();
-        let at = list.partition_point(|s| s.start < start);
-        list.insert(
+        let ks = Self::key_sessions(
+            &mut self.by_key,
+            &mut self.keys,
+            &mut self.next_id,
+            &mut self.key_bytes,
+            key,
+        );
+        let id = ks.id;
+        let at = ks.list.partition_point(|s| s.start < start);
+        ks.list.insert(
             at,
             Session {
                 start,
@@ -183,8 +231,7 @@ impl SessionTable {
                 dirty,
             },
         );
-        self.ends
-            .insert((last.saturating_add(self.gap), key.into(), start));
+        self.ends.insert((last.saturating_add(gap), id, start));
         self.sessions += 1;
     }
 
@@ -194,25 +241,27 @@ impl SessionTable {
     /// Returns (rows emitted, of which corrections).
     pub fn close(&mut self, watermark: i64, final_line: i64, out: &mut WindowRows) -> (u64, u64) {
         let gap = self.gap;
-        let mut due: Vec<(Box<[u8]>, i64, i64)> = Vec::new();
-        for (end, key, start) in self.ends.iter() {
-            if *end > watermark {
-                break;
-            }
-            due.push((key.clone(), *start, *end));
-        }
-        due.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let keys = &self.keys;
+        let mut due: Vec<(i64, u64, i64)> = self
+            .ends
+            .iter()
+            .take_while(|(end, _, _)| *end <= watermark)
+            .copied()
+            .collect();
+        due.sort_unstable_by(|a, b| (&keys[&a.1], a.2).cmp(&(&keys[&b.1], b.2)));
         let (mut rows, mut corrections) = (0u64, 0u64);
-        for (key, start, end) in due {
-            let Some(list) = self.by_key.get_mut(&key) else {
+        let mut gone = Vec::new();
+        for (end, id, start) in due {
+            let key = &keys[&id];
+            let Some(ks) = self.by_key.get_mut(key) else {
                 continue;
             };
-            let Some(at) = list.iter().position(|s| s.start == start) else {
+            let Some(at) = ks.list.iter().position(|s| s.start == start) else {
                 continue;
             };
-            let s = &mut list[at];
+            let s = &mut ks.list[at];
             if !s.fired || s.dirty {
-                out.push_accumulated(s.start, s.last.saturating_add(gap), &key, &s.acc);
+                out.push_accumulated(s.start, s.last.saturating_add(gap), key, &s.acc);
                 rows += 1;
                 if s.fired {
                     corrections += 1;
@@ -221,14 +270,18 @@ impl SessionTable {
                 s.dirty = false;
             }
             if end <= final_line {
-                self.sketch_bytes -= list.remove(at).acc.sketch_bytes();
-                self.ends.remove(&(end, key.clone(), start));
+                self.sketch_bytes -= ks.list.remove(at).acc.sketch_bytes();
+                self.ends.remove(&(end, id, start));
                 self.sessions -= 1;
-                if list.is_empty() {
+                if ks.list.is_empty() {
                     self.key_bytes -= key.len();
-                    self.by_key.remove(&key);
+                    self.by_key.remove(key);
+                    gone.push(id);
                 }
             }
+        }
+        for id in gone {
+            self.keys.remove(&id);
         }
         (rows, corrections)
     }

@@ -338,33 +338,18 @@ pub struct Restored {
 }
 
 /// Reads every shard file of the state checkpoint in `dir` and places each key on
-/// `shards` shards by its hash. Sketches are restored as the files describe them; use
-/// [`load_for`] to also check them against the pipeline's aggregates.
+/// `shards` shards by its hash, for the pipeline whose rows have `schema`.
 ///
 /// # Errors
-/// A file is missing, damaged or was written for other windows or number fields.
+/// A file is missing or damaged, or was written for other windows, number fields or
+/// sketch aggregates (`distinct`, `quantile`, `ewma`): [`StateError::Damaged`].
 pub fn load(
-    dir: &Path,
-    shards: usize,
-    windowing: &Windowing,
-    number_fields: usize,
-) -> Result<Restored, StateError> {
-    load_inner(dir, shards, windowing, number_fields, None)
-}
-
-/// [`load`] for the pipeline whose rows have `schema`: a file whose sketches
-/// (`distinct`, `quantile`, `ewma`) do not match the schema's is
-/// [`StateError::Damaged`], as is one for other number fields or windows.
-///
-/// # Errors
-/// A file is missing, damaged or was written for other aggregates or windows.
-pub fn load_for(
     dir: &Path,
     shards: usize,
     windowing: &Windowing,
     schema: &RowSchema,
 ) -> Result<Restored, StateError> {
-    load_inner(dir, shards, windowing, schema.number_fields(), Some(schema))
+    load_inner(dir, shards, windowing, schema.number_fields(), schema)
 }
 
 fn load_inner(
@@ -372,7 +357,7 @@ fn load_inner(
     shards: usize,
     windowing: &Windowing,
     number_fields: usize,
-    schema: Option<&RowSchema>,
+    schema: &RowSchema,
 ) -> Result<Restored, StateError> {
     let mut restored = Restored {
         windows: (0..shards).map(|_| Vec::new()).collect(),
@@ -430,18 +415,13 @@ fn load_inner(
         };
         // With the schema known, saved sketches must be the ones it keeps, and keys get
         // the schema's own plan (so the shards' first events find it in place).
-        let plan = match schema {
-            None => plan,
-            Some(schema) => {
-                let want = schema.sketches();
-                if plan.as_deref() != want.map(|p| &**p) {
-                    return Err(damaged(
-                        "written for other sketch aggregates (distinct, quantile, ewma): the aggregates changed",
-                    ));
-                }
-                want.cloned()
-            }
-        };
+        let want = schema.sketches();
+        if plan.as_deref() != want.map(|p| &**p) {
+            return Err(damaged(
+                "written for other sketch aggregates (distinct, quantile, ewma): the aggregates changed",
+            ));
+        }
+        let plan = want.cloned();
         let read_sketches = |r: &mut Reader<'_>| -> Result<Option<OwnedKeySketches>, StateError> {
             let Some(plan) = &plan else {
                 return Ok(None);
@@ -600,10 +580,8 @@ mod tests {
             windows[at].1.add(hash, key.as_bytes(), ts, &nums, s);
         }
         write_shard(dir.path(), 0, &windowing, 2, &windows, &sessions).unwrap();
-        for restored in [
-            load(dir.path(), 3, &windowing, 2).unwrap(),
-            load_for(dir.path(), 3, &windowing, s).unwrap(),
-        ] {
+        {
+            let restored = load(dir.path(), 3, &windowing, s).unwrap();
             let emit_all = |windows: Vec<(i64, WindowTable)>,
                             mut sessions: SessionTable,
                             out: &mut WindowRows| {
@@ -685,14 +663,14 @@ mod tests {
         )
         .unwrap();
         let other = schema(&["count", "distinct(v)"]);
-        let err = load_for(dir.path(), 1, &windowing, &other).unwrap_err();
+        let err = load(dir.path(), 1, &windowing, &other).unwrap_err();
         assert!(
             matches!(&err, StateError::Damaged { reason, .. } if reason.contains("other sketch aggregates")),
             "{err}"
         );
         let none = schema(&["count"]);
         assert!(matches!(
-            load_for(dir.path(), 1, &windowing, &none),
+            load(dir.path(), 1, &windowing, &none),
             Err(StateError::Damaged { .. })
         ));
 
@@ -703,7 +681,7 @@ mod tests {
             write_file(&path, &body[..cut]).unwrap();
             assert!(
                 matches!(
-                    load_for(dir.path(), 1, &windowing, &s),
+                    load(dir.path(), 1, &windowing, &s),
                     Err(StateError::Damaged { .. })
                 ),
                 "cut at {cut}"
@@ -714,7 +692,7 @@ mod tests {
         for i in (30..bad.len()).step_by(97) {
             bad[i] ^= 0x5a;
             write_file(&path, &bad).unwrap();
-            let _ = load_for(dir.path(), 1, &windowing, &s);
+            let _ = load(dir.path(), 1, &windowing, &s);
             bad[i] ^= 0x5a;
         }
     }

@@ -550,7 +550,7 @@ fn sketches_for<'a>(
 }
 
 /// The sketches, created for (or switched to) `plan`: a table restored for another
-/// plan starts its sketches over (see [`crate::state::load_for`], which refuses such
+/// plan starts its sketches over (see [`crate::state::load`], which refuses such
 /// state).
 #[cold]
 fn sketches_adopt(sketches: &mut Option<Box<Sketches>>, plan: &Arc<SketchPlan>) {
