@@ -106,12 +106,17 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+/// Polls `done` until it holds; false if `timeout` passes first.
+#[must_use]
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 /// Rows of `db` without the tick key (whose windows stay open).
@@ -124,7 +129,53 @@ fn table(db: &Path) -> Rows {
     rows
 }
 
-fn instance(dir: &Path, broker: &kafka::Broker, db: &Path, metrics_port: u16) -> Child {
+/// A running `lungfish run` whose stderr is drained into memory by a thread, so a
+/// chatty log never fills the pipe and blocks the instance.
+struct Instance {
+    name: &'static str,
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    port: u16,
+}
+
+impl Instance {
+    /// Its log so far, without terminal colours (`ESC [ ... m` dropped).
+    fn log(&self) -> String {
+        let raw = String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned();
+        let mut log = String::with_capacity(raw.len());
+        let mut in_escape = false;
+        for c in raw.chars() {
+            match (in_escape, c) {
+                (false, '\u{1b}') => in_escape = true,
+                (false, c) => log.push(c),
+                (true, 'm') => in_escape = false,
+                (true, _) => {}
+            }
+        }
+        log
+    }
+
+    /// A metric of this instance; fails the test with its log if it has exited.
+    fn metric(&mut self, name: &str) -> f64 {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "instance {} exited with {status} during the test; its log:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+        metric(self.port, name)
+    }
+}
+
+fn instance(
+    name: &'static str,
+    dir: &Path,
+    broker: &kafka::Broker,
+    db: &Path,
+    metrics_port: u16,
+) -> Instance {
     write_pipeline(
         dir,
         broker,
@@ -133,13 +184,31 @@ fn instance(dir: &Path, broker: &kafka::Broker, db: &Path, metrics_port: u16) ->
         &format!("\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\""),
     );
     // Info logs name every partition taken and the offset it starts from.
-    common::lungfish(dir)
+    let mut child = common::lungfish(dir)
         .env("LUNGFISH_LOG", "lungfish=info")
         .args(["run", "--quiet", "pipeline.toml"])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Instance {
+        name,
+        child,
+        log,
+        port: metrics_port,
+    }
 }
 
 #[test]
@@ -153,28 +222,33 @@ fn the_survivor_of_a_kill_9_finishes_the_groups_work_with_nothing_lost_or_double
     let root = tempfile::tempdir().unwrap();
     let db = root.path().join("shared.db");
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = instance(&root.path().join("a"), &broker, &db, port_a);
-    let mut b = instance(&root.path().join("b"), &broker, &db, port_b);
-    wait_for(
-        "both instances to hold partitions",
-        Duration::from_secs(60),
-        || {
-            let (pa, pb) = (
-                metric(port_a, "lungfish_kafka_partitions"),
-                metric(port_b, "lungfish_kafka_partitions"),
-            );
-            pa > 0.0 && pb > 0.0 && pa + pb == 4.0
-        },
+    let mut a = instance("a", &root.path().join("a"), &broker, &db, port_a);
+    let mut b = instance("b", &root.path().join("b"), &broker, &db, port_b);
+    let both = wait_for(Duration::from_secs(60), || {
+        let (pa, pb) = (
+            a.metric("lungfish_kafka_partitions"),
+            b.metric("lungfish_kafka_partitions"),
+        );
+        pa > 0.0 && pb > 0.0 && pa + pb == 4.0
+    });
+    assert!(
+        both,
+        "timed out waiting for both instances to hold partitions; a:\n{}\nb:\n{}",
+        a.log(),
+        b.log()
     );
-    wait_for(
-        "instance a to make progress",
-        Duration::from_secs(60),
-        || metric(port_a, "lungfish_kafka_messages_total") > 0.0 && !table(&db).is_empty(),
+    let progress = wait_for(Duration::from_secs(60), || {
+        a.metric("lungfish_kafka_messages_total") > 0.0 && !table(&db).is_empty()
+    });
+    assert!(
+        progress,
+        "timed out waiting for instance a to make progress; a:\n{}",
+        a.log()
     );
     // Long enough for a's durable offsets to be committed at least once.
     std::thread::sleep(Duration::from_millis(1500));
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
 
     produce(&broker, &second);
     // One late tick per partition moves every watermark past the events' windows.
@@ -187,35 +261,33 @@ fn the_survivor_of_a_kill_9_finishes_the_groups_work_with_nothing_lost_or_double
             &[(Some(b"tick".as_slice()), tick.as_bytes())],
         );
     }
-    wait_for(
-        "the survivor to take every partition",
-        Duration::from_secs(60),
-        || metric(port_b, "lungfish_kafka_partitions") == 4.0,
+    let taken = wait_for(Duration::from_secs(60), || {
+        b.metric("lungfish_kafka_partitions") == 4.0
+    });
+    assert!(
+        taken,
+        "timed out waiting for the survivor to take every partition; b:\n{}",
+        b.log()
     );
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     let want = expected(&all);
-    wait_for(
-        "the survivor to write every window",
-        Duration::from_secs(120),
-        || table(&db).len() >= want.len(),
+    let written = wait_for(Duration::from_secs(120), || {
+        b.metric("lungfish_kafka_partitions");
+        table(&db).len() >= want.len()
+    });
+    assert!(
+        written,
+        "timed out waiting for the survivor to write every window ({} of {} rows); b:\n{}",
+        table(&db).len(),
+        want.len(),
+        b.log()
     );
     // Give a wrongly doubled window the time to show up.
     std::thread::sleep(Duration::from_secs(1));
-    b.kill().unwrap();
-    let _ = wait_timeout(&mut b, Duration::from_secs(10));
-    let mut raw = String::new();
-    std::io::Read::read_to_string(&mut b.stderr.take().unwrap(), &mut raw).unwrap();
-    // Without terminal colours: drop `ESC [ ... m` sequences.
-    let mut log = String::with_capacity(raw.len());
-    let mut in_escape = false;
-    for c in raw.chars() {
-        match (in_escape, c) {
-            (false, '\u{1b}') => in_escape = true,
-            (false, c) => log.push(c),
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-        }
-    }
+    b.child.kill().unwrap();
+    let _ = wait_timeout(&mut b.child, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = b.log();
     // The survivor took a's partitions from where a had committed, with its state.
     let resumed: Vec<&str> = log
         .lines()

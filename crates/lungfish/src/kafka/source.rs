@@ -536,6 +536,13 @@ impl KafkaInput {
         };
         let consumer: BaseConsumer<GroupContext> =
             consumer_config(&parts.config, &parts.group, parts.prefetch_bytes)
+                // librdkafka's own debug lines (its `debug` option, e.g. "cgrp") reach
+                // the log only when debug logging is on for this module.
+                .set_log_level(if tracing::enabled!(tracing::Level::DEBUG) {
+                    RDKafkaLogLevel::Debug
+                } else {
+                    RDKafkaLogLevel::Info
+                })
                 .create_with_context(context)
                 .map_err(|e| format!("kafka consumer: {e}"))?;
         let topics: Vec<&str> = parts.config.topics.iter().map(String::as_str).collect();

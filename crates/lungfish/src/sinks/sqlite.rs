@@ -148,10 +148,27 @@ impl Sink for SqliteSink {
         // 64 KiB pages (set before WAL mode; an existing database keeps its own): rows of
         // many windows arrive interleaved, and large pages cut the B-tree splits. Measured
         // here, 880,000 interleaved upserts: 4 KiB pages ~0.7 M rows/s, 64 KiB ~1.1 M.
-        conn.execute_batch(&format!(
-            "PRAGMA page_size=65536; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};"
-        ))
-        .map_err(|e| error(&where_, e))?;
+        // Switching a new database to WAL needs it to itself, and SQLite answers "busy"
+        // at once, without its busy handler, while another process (a second instance
+        // writing the same file) opens it too: retry within the write timeout.
+        let setup =
+            format!("PRAGMA page_size=65536; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};");
+        let deadline = Instant::now() + self.write_timeout;
+        loop {
+            match conn.execute_batch(&setup) {
+                Ok(()) => break,
+                Err(e)
+                    if Instant::now() < deadline
+                        && matches!(
+                            e.sqlite_error_code(),
+                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                        ) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(error(&where_, e)),
+            }
+        }
         let table = quote(&self.table);
         let mut defs = vec![
             "\"window_start\" INTEGER NOT NULL".to_owned(),
@@ -387,6 +404,30 @@ mod tests {
         let row: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
         assert_eq!(row["key"], "poison");
         assert_eq!(row["sum_value"], 6789.0);
+    }
+
+    #[test]
+    fn instances_opening_one_new_database_at_once_all_succeed() {
+        // Two `lungfish run` sharing a database start together (the Kafka group test
+        // caught "database is locked" from the switch to WAL).
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("shared-{round}.db"));
+            let start = Arc::new(std::sync::Barrier::new(4));
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        let mut sink = SqliteSink::new(&SqliteSinkConfig::new(&path));
+                        start.wait();
+                        sink.open(&schema()).map(|_| ())
+                    })
+                })
+                .collect();
+            for handle in opened {
+                handle.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]
