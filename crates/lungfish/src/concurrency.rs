@@ -182,6 +182,14 @@ impl AdaptiveLimit {
         self.adapt(&mut inner, latency, permit.in_flight_at_start, outcome, now);
     }
 
+    /// Gives back a permit whose call was never made (something else refused it
+    /// first); the limit learns nothing from it.
+    pub fn forget(&self, permit: Permit) {
+        let Permit { .. } = permit;
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+    }
+
     /// Adapts the limit to one call that a caller ran without a permit: it took
     /// `latency` and ended with `outcome` at `now`, while `in_use` calls (itself
     /// included) ran in parallel. For callers that choose their own parallelism from

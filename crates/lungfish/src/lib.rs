@@ -21,8 +21,10 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)] // allowed in two places only: `prefetch`, and a librdkafka call in `kafka`
 
+pub mod batcher;
 pub mod breaker;
 pub mod budget;
+pub mod builder;
 pub mod checkpoint;
 pub mod codec;
 pub mod concurrency;
@@ -37,10 +39,12 @@ pub mod dlq_replay;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod guard;
 pub mod hot_keys;
 pub mod ingest;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod keyed_windows;
 pub mod limiter;
 pub mod operator;
 pub mod pipeline;

@@ -174,6 +174,19 @@ impl Pipeline {
         })
     }
 
+    /// A pipeline of an already validated `config`, with Rust operators and sinks.
+    pub(crate) fn from_parts(
+        config: PipelineConfig,
+        extra_operators: Vec<OperatorFactory>,
+        extra_sinks: Vec<(String, Box<dyn Sink>, DriverSettings)>,
+    ) -> Self {
+        Pipeline {
+            config,
+            extra_sinks,
+            extra_operators,
+        }
+    }
+
     /// Adds an operator written in Rust, after those of the configuration. `factory`
     /// makes one instance per log partition (each runs on its partition's consumer
     /// thread); it sees the numbers of [`PipelineConfig::number_fields`].
