@@ -43,7 +43,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker, Outcome};
 use crate::concurrency::{AdaptiveLimit, CallOutcome, LimitSettings, Permit};
@@ -146,8 +149,8 @@ pub struct CallGuard {
     limit: AdaptiveLimit,
     breaker: CircuitBreaker,
     budget: RetryBudget,
-    /// Woken when a permit is given back.
-    freed: Notify,
+    /// Callers waiting for a permit, oldest first.
+    waiters: Mutex<VecDeque<oneshot::Sender<Permit>>>,
     /// Seeds each call's backoff jitter.
     calls: AtomicU64,
 }
@@ -161,7 +164,7 @@ impl CallGuard {
             limit: AdaptiveLimit::new(settings.limit),
             breaker: CircuitBreaker::new(settings.breaker),
             budget: RetryBudget::new(settings.budget),
-            freed: Notify::new(),
+            waiters: Mutex::new(VecDeque::new()),
             calls: AtomicU64::new(0),
         }
     }
@@ -273,27 +276,58 @@ impl CallGuard {
         self.limit.in_flight()
     }
 
-    /// Waits up to the queue timeout for a permit.
+    /// Waits up to the queue timeout for a permit. Waiters are served in arrival
+    /// order: a freed permit goes to the longest waiter, never to a newcomer.
     async fn permit<E>(&self) -> Result<Permit, GuardError<E>> {
-        let deadline = tokio::time::Instant::now() + self.settings.queue_timeout;
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(permit) = self.limit.try_acquire(now()) {
+        let waiting = {
+            let mut queue = self.lock_queue();
+            if queue.is_empty()
+                && let Some(permit) = self.limit.try_acquire(now())
+            {
                 return Ok(permit);
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(GuardError::Overloaded {
-                    limit: self.limit.limit(),
-                });
+            let (tx, rx) = oneshot::channel();
+            queue.push_back(tx);
+            rx
+        };
+        let mut waiting = waiting;
+        match tokio::time::timeout(self.settings.queue_timeout, &mut waiting).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                // A permit handed over just as the wait ended is ours: use it.
+                waiting.close();
+                match waiting.try_recv() {
+                    Ok(permit) => Ok(permit),
+                    Err(_) => Err(GuardError::Overloaded {
+                        limit: self.limit.limit(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<Permit>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands permits to the waiters, oldest first, while the limit allows.
+    fn hand_over(&self) {
+        let mut queue = self.lock_queue();
+        while !queue.is_empty() {
+            let Some(permit) = self.limit.try_acquire(now()) else {
+                return;
+            };
+            let waiter = queue.pop_front().expect("not empty");
+            if let Err(permit) = waiter.send(permit) {
+                // That waiter gave up: the permit goes back.
+                self.limit.forget(permit);
             }
         }
     }
 }
 
 /// A permit that goes back to the limit however the call ends (a dropped future
-/// included), waking one waiter.
+/// included), and on to the longest waiter.
 struct Held<'a> {
     guard: &'a CallGuard,
     permit: Option<Permit>,
@@ -303,14 +337,14 @@ impl Held<'_> {
     fn release(mut self, outcome: CallOutcome) {
         if let Some(permit) = self.permit.take() {
             self.guard.limit.release(permit, outcome, now());
-            self.guard.freed.notify_one();
+            self.guard.hand_over();
         }
     }
 
     fn forget(mut self) {
         if let Some(permit) = self.permit.take() {
             self.guard.limit.forget(permit);
-            self.guard.freed.notify_one();
+            self.guard.hand_over();
         }
     }
 }
@@ -319,7 +353,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.guard.limit.forget(permit);
-            self.guard.freed.notify_one();
+            self.guard.hand_over();
         }
     }
 }
