@@ -420,7 +420,6 @@ pub struct Consumer {
     last_checkpoint: Option<Arc<Checkpoint>>,
     last_published: Option<u64>,
     last_publish_at: Instant,
-    start_offset: u64,
     /// Messages for the shards not sent yet, in order (shard, message).
     outbox: VecDeque<(usize, ShardMsg)>,
     /// Wait for room in the shards' queues (a thread of its own), or leave what does
@@ -567,7 +566,6 @@ impl Consumer {
             last_checkpoint: None,
             last_published: None,
             last_publish_at: Instant::now(),
-            start_offset: start,
             outbox: VecDeque::new(),
             blocking: false,
             last_record_at: Instant::now(),
@@ -585,11 +583,6 @@ impl Consumer {
                 .collect(),
             settings,
         }
-    }
-
-    /// The offset the consumer starts from.
-    pub fn start_offset(&self) -> u64 {
-        self.start_offset
     }
 
     /// Runs until the input is finished and processed, a stop, or an abort.

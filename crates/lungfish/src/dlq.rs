@@ -212,7 +212,7 @@ impl DeadLetter {
 
     /// Appends the encoded entry to `out`.
     ///
-    /// The meta is written by hand, byte for byte as `serde_json` writes [`Meta`] (a
+    /// The meta is written by hand, byte for byte as `serde_json` writes `Meta` (a
     /// test holds them equal): entries are written by the hundred thousand when an
     /// operator fails many events, and this is several times faster.
     pub fn encode(&self, out: &mut Vec<u8>) {

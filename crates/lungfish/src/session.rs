@@ -76,6 +76,7 @@ impl SessionTable {
     }
 
     /// True if no session is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.sessions == 0
     }

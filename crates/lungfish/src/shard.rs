@@ -2,7 +2,7 @@
 //!
 //! Every key hashes to exactly one shard ([`crate::event::shard_for`]), so a shard owns
 //! its keys' windows outright and updates them with no lock. A shard receives, from each
-//! consumer, micro-batches of events and, behind each, a [`Checkpoint`] marker. On a
+//! consumer, micro-batches of events and, behind each, a `Checkpoint` marker. On a
 //! marker it closes the marker partition's windows that end at or before the marker's
 //! watermark, sends their rows to every sink, then sends the marker on behind them.
 //!

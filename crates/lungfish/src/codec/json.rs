@@ -332,6 +332,10 @@ impl JsonExtractor {
     /// allocate unless the key or id needs unescaping, the document is rejected, or
     /// more than 64 distinct field names are configured.
     ///
+    /// # Errors
+    /// A [`Reject`] naming the first problem: not JSON, not an object, a wanted field
+    /// missing, repeated or of the wrong type, a number that does not fit.
+    ///
     /// # Panics
     /// If `numbers.len() != self.fields().numbers.len()`.
     pub fn extract<'a>(&self, doc: &'a [u8], numbers: &mut [f64]) -> Result<Extracted<'a>, Reject> {
@@ -340,6 +344,9 @@ impl JsonExtractor {
 
     /// [`Self::extract`] for a document whose key comes from elsewhere (a Kafka
     /// message's key): a missing key field is not an error, and the key is then empty.
+    ///
+    /// # Errors
+    /// As [`Self::extract`], but for a missing key.
     ///
     /// # Panics
     /// As [`Self::extract`].

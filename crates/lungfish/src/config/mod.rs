@@ -715,7 +715,7 @@ pub struct ProcessingConfig {
     /// the dead-letter queue as `late`.
     pub allowed_lateness: Duration,
     /// How often the open windows are saved with the committed offsets (a *state
-    /// checkpoint*, see [`crate::state`]), so a restart loads them and reads on from
+    /// checkpoint*, see `docs/guide/concepts.md`), so a restart loads them and reads on from
     /// there instead of replaying the log from the oldest open window. `0` turns them
     /// off (replay on restart). Not used with a Kafka source, whose restarts replay.
     pub checkpoint_interval: Duration,

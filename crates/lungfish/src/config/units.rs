@@ -63,6 +63,10 @@ pub enum UnitError {
 
 /// Parses a duration: one or more `<integer><unit>` parts with units `ns`, `us`, `ms`, `s`,
 /// `m`, `h`, `d` from largest to smallest, e.g. `250us`, `2s`, `1m30s`, `0s`.
+///
+/// # Errors
+/// [`UnitError`]: not a duration (with a hint when the unit is missing or unknown),
+/// units out of order, or more than about 584 years.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let input = text.trim();
     if input.is_empty() {
@@ -114,6 +118,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 /// Parses a size in bytes: a plain integer (`1024`) or an integer and a unit: `B`, binary
 /// `KiB`, `MiB`, `GiB`, `TiB` or decimal `KB`, `MB`, `GB`. Units are case-sensitive; a space
 /// between number and unit is allowed.
+///
+/// # Errors
+/// [`UnitError`]: not a size (with a hint), or more than 2^64 - 1 bytes.
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let input = text.trim();
     let digits = input.len() - input.trim_start_matches(|c: char| c.is_ascii_digit()).len();

@@ -3,7 +3,7 @@
 //! A pipeline whose source is `type = "kafka"` has no local log: the topics'
 //! partitions are shared out among the pipeline's instances by Kafka's group protocol
 //! (cooperative-sticky assignment), and each instance runs, for every partition it
-//! holds, the same consumer as for a log partition ([`crate::consumer::Consumer`]):
+//! holds, the same consumer as for a log partition (`consumer::Consumer`):
 //! watermark, lateness, micro-batches routed by key hash to the shards, checkpoints.
 //! Nothing here is specific to a broker: it speaks plain Kafka through librdkafka, and
 //! is meant for Apache Kafka and Redpanda.
@@ -12,7 +12,7 @@
 //!
 //! A partition's offset is committed to the group only once every effect of the
 //! events before it is durable in every sink, with the consumer's replay state
-//! ([`crate::consumer::ReplayState`]) in the commit's metadata: the same rule, and the
+//! (`consumer::ReplayState`) in the commit's metadata: the same rule, and the
 //! same replay, as for the embedded log. An instance that takes a partition over
 //! (after a rebalance, or the death of its owner) reads from the committed offset and
 //! reaches exactly the state the owner would have: windows already emitted are

@@ -15,7 +15,7 @@
 //! on_unavailable = "pass"      # or "dead_letter"
 //! ```
 //!
-//! The calls go through [`EnrichClient`](crate::enrich::EnrichClient): a cache, an
+//! The calls go through [`EnrichClient`]: a cache, an
 //! adaptive concurrency limit, a circuit breaker and a retry budget. The client is
 //! shared by every partition's instance of the operator, so the cache is one.
 //!

@@ -129,7 +129,7 @@ pub trait Sink: Send {
     /// once this batch is durable: per log partition, the offset every record before
     /// which has its effects in this batch or earlier ones. A sink with transactions
     /// records them in the same transaction as the rows (see
-    /// [`postgres`](crate::sinks::postgres)). The default ignores them.
+    /// [`postgres`]). The default ignores them.
     ///
     /// # Errors
     /// As [`write`](Self::write).
