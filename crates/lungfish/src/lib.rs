@@ -57,6 +57,8 @@ pub(crate) mod checkpoint;
 pub mod codec;
 pub mod concurrency;
 pub mod config;
+// Parts of the consumer serve only the Kafka source.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) mod consumer;
 pub mod control;
 pub mod data_dir;
