@@ -10,7 +10,7 @@
 mod aggregate;
 mod error;
 mod read;
-
+pub mod schema;
 pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
