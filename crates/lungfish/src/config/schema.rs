@@ -17,6 +17,8 @@
 
 mod json;
 mod markdown;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
