@@ -7,7 +7,7 @@
 //! from the reader's own tables, so neither is typed twice. Two renderings come from it:
 //! a JSON Schema of the file ([`json_schema`]), which editors such as Taplo use to check
 //! pipeline files as they are typed, and the Markdown reference `docs/reference/config.md`
-//! ([`markdown`]). `lungfish config schema` and `lungfish config reference` print them.
+//! ([`markdown()`]). `lungfish config schema` and `lungfish config reference` print them.
 //!
 //! The crate's tests keep the three in step with the reader: every key the reader accepts
 //! is described and every described key is accepted, section by section; the committed
@@ -938,7 +938,7 @@ fn http_source() -> Section {
                 Kind::Duration,
                 duration(d.retry_after),
                 None,
-                "`Retry-After` sent with 503, and the least sent with 429.",
+                "`Retry-After` sent with 503, in whole seconds rounded up (at least 1). A 429 does not use it: it says when the client's bucket has a token again.",
             ),
         ],
     }
