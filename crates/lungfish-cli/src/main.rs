@@ -8,6 +8,7 @@ mod bench;
 mod bench_clickhouse;
 mod bench_log;
 mod bench_postgres;
+mod config;
 mod dlq;
 mod generate;
 mod load;
@@ -50,6 +51,9 @@ enum Command {
     Log(log::Command),
     /// Send events to an HTTP source with a chosen traffic shape, and report rates and acknowledgement latency.
     Load(load::Args),
+    /// Print the pipeline file's JSON Schema (`config schema`) or Markdown reference (`config reference`).
+    #[command(subcommand)]
+    Config(config::Command),
 }
 
 /// `lungfish bench [log | postgres | clickhouse]`.
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Dlq(cmd) => dlq::dlq(cmd),
         Command::Log(cmd) => log::log(cmd),
         Command::Load(args) => load::load(args),
+        Command::Config(cmd) => config::config(cmd),
     };
     match result {
         Ok(code) => code,

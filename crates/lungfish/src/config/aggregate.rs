@@ -19,7 +19,7 @@ use super::{AggFunc, AggregateSpec};
 const FORMS: &str = "count, sum(F), min(F), max(F), mean(F), distinct(F), quantile(F, Q), p50(F) .. p999(F) or ewma(F, HALF_LIFE), optionally followed by `as NAME`";
 
 /// The quantile shorthands and their quantiles in parts per million.
-const SHORTHANDS: [(&str, u32); 5] = [
+pub(crate) const SHORTHANDS: [(&str, u32); 5] = [
     ("p50", 500_000),
     ("p90", 900_000),
     ("p95", 950_000),

@@ -10,6 +10,7 @@
 mod aggregate;
 mod error;
 mod read;
+pub mod schema;
 pub(crate) mod suggest;
 #[cfg(test)]
 mod tests;
@@ -431,6 +432,9 @@ pub struct KafkaSinkConfig {
 }
 
 impl KafkaSinkConfig {
+    /// The `compression` values librdkafka knows (`compression.type`).
+    pub const COMPRESSIONS: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+
     /// A sink producing to `topic` on `brokers` with the defaults: lz4, 5 ms linger,
     /// batches of 10000 rows or 100 ms, 30 s write timeout.
     pub fn new(brokers: &str, topic: &str) -> Self {

@@ -30,8 +30,12 @@ use super::{
 };
 use super::{ConfigError, ConfigErrors};
 use crate::codec::InputFormat;
+use crate::operator::filter::Otherwise;
 
-const TOP_KEYS: &[&str] = &[
+// The keys each table accepts; any other key is reported as unknown. The schema's tests
+// (`config/schema/tests.rs`) check that these are exactly the keys it describes.
+
+pub(crate) const TOP_KEYS: &[&str] = &[
     "name",
     "data_dir",
     "sources",
@@ -42,9 +46,9 @@ const TOP_KEYS: &[&str] = &[
     "metrics",
     "protobuf",
 ];
-const PROTOBUF_KEYS: &[&str] = &["file", "message"];
-const FILTER_KEYS: &[&str] = &["type", "condition", "otherwise"];
-const ENRICH_KEYS: &[&str] = &[
+pub(crate) const PROTOBUF_KEYS: &[&str] = &["file", "message"];
+pub(crate) const FILTER_KEYS: &[&str] = &["type", "condition", "otherwise"];
+pub(crate) const ENRICH_KEYS: &[&str] = &[
     "type",
     "url",
     "method",
@@ -58,7 +62,7 @@ const ENRICH_KEYS: &[&str] = &[
     "slow_call",
     "on_unavailable",
 ];
-const GENERATOR_KEYS: &[&str] = &[
+pub(crate) const GENERATOR_KEYS: &[&str] = &[
     "type",
     "count",
     "duration",
@@ -73,8 +77,8 @@ const GENERATOR_KEYS: &[&str] = &[
     "start_time",
     "events_per_second",
 ];
-const FILE_SOURCE_KEYS: &[&str] = &["type", "paths", "format"];
-const KAFKA_SOURCE_KEYS: &[&str] = &[
+pub(crate) const FILE_SOURCE_KEYS: &[&str] = &["type", "paths", "format"];
+pub(crate) const KAFKA_SOURCE_KEYS: &[&str] = &[
     "type",
     "brokers",
     "topics",
@@ -85,7 +89,7 @@ const KAFKA_SOURCE_KEYS: &[&str] = &[
     "session_timeout",
     "options",
 ];
-const KAFKA_SINK_KEYS: &[&str] = &[
+pub(crate) const KAFKA_SINK_KEYS: &[&str] = &[
     "type",
     "brokers",
     "topic",
@@ -96,7 +100,7 @@ const KAFKA_SINK_KEYS: &[&str] = &[
     "write_timeout",
     "options",
 ];
-const HTTP_SOURCE_KEYS: &[&str] = &[
+pub(crate) const HTTP_SOURCE_KEYS: &[&str] = &[
     "type",
     "address",
     "max_body_size",
@@ -116,7 +120,7 @@ const HTTP_SOURCE_KEYS: &[&str] = &[
     "client_header",
     "retry_after",
 ];
-const LOG_KEYS: &[&str] = &[
+pub(crate) const LOG_KEYS: &[&str] = &[
     "partitions",
     "segment_size",
     "fsync",
@@ -126,7 +130,7 @@ const LOG_KEYS: &[&str] = &[
     "max_size",
     "when_full",
 ];
-const PIPELINE_KEYS: &[&str] = &[
+pub(crate) const PIPELINE_KEYS: &[&str] = &[
     "key",
     "time",
     "id",
@@ -145,10 +149,10 @@ const PIPELINE_KEYS: &[&str] = &[
     "window",
     "aggregates",
 ];
-const TUMBLING_KEYS: &[&str] = &["type", "size"];
-const SLIDING_KEYS: &[&str] = &["type", "size", "slide"];
-const SESSION_KEYS: &[&str] = &["type", "gap"];
-const SQLITE_KEYS: &[&str] = &[
+pub(crate) const TUMBLING_KEYS: &[&str] = &["type", "size"];
+pub(crate) const SLIDING_KEYS: &[&str] = &["type", "size", "slide"];
+pub(crate) const SESSION_KEYS: &[&str] = &["type", "gap"];
+pub(crate) const SQLITE_KEYS: &[&str] = &[
     "type",
     "path",
     "table",
@@ -158,9 +162,9 @@ const SQLITE_KEYS: &[&str] = &[
     "write_timeout",
     "write_behind",
 ];
-const FILE_SINK_KEYS: &[&str] = &["type", "path", "batch_max_rows", "batch_max_age"];
-const STDOUT_KEYS: &[&str] = &["type"];
-const DATABASE_SINK_KEYS: &[&str] = &[
+pub(crate) const FILE_SINK_KEYS: &[&str] = &["type", "path", "batch_max_rows", "batch_max_age"];
+pub(crate) const STDOUT_KEYS: &[&str] = &["type"];
+pub(crate) const DATABASE_SINK_KEYS: &[&str] = &[
     "type",
     "url",
     "url_env",
@@ -174,7 +178,58 @@ const DATABASE_SINK_KEYS: &[&str] = &[
     "tls",
     "write_behind",
 ];
-const METRICS_KEYS: &[&str] = &["address"];
+pub(crate) const METRICS_KEYS: &[&str] = &["address"];
+
+// The names of enumerated values in pipeline files (the schema lists them from here).
+
+/// `when_full` of `[log]`.
+pub(crate) const WHEN_FULL: &[(&str, WhenFull)] = &[
+    ("refuse", WhenFull::Refuse),
+    ("delete_oldest", WhenFull::DeleteOldest),
+];
+/// `distribution` of generator sources.
+pub(crate) const DISTRIBUTIONS: &[(&str, KeyDistribution)] = &[
+    ("uniform", KeyDistribution::Uniform),
+    ("zipf", KeyDistribution::Zipf),
+    ("hot", KeyDistribution::Hot),
+];
+/// `format` of file sources.
+pub(crate) const INPUT_FORMATS: &[(&str, InputFormat)] = &[
+    ("json", InputFormat::Json),
+    ("protobuf", InputFormat::Protobuf),
+];
+/// `formats` of HTTP sources.
+pub(crate) const BODY_FORMATS: &[(&str, BodyFormat)] = &[
+    ("json", BodyFormat::Json),
+    ("ndjson", BodyFormat::Ndjson),
+    ("protobuf", BodyFormat::Protobuf),
+];
+/// `encodings` of HTTP sources.
+pub(crate) const ENCODINGS: &[(&str, ContentEncoding)] = &[
+    ("gzip", ContentEncoding::Gzip),
+    ("zstd", ContentEncoding::Zstd),
+];
+/// `start` of Kafka sources.
+pub(crate) const KAFKA_STARTS: &[(&str, KafkaStart)] = &[
+    ("earliest", KafkaStart::Earliest),
+    ("latest", KafkaStart::Latest),
+];
+/// `otherwise` of filter operators.
+pub(crate) const OTHERWISE: &[(&str, Otherwise)] = &[
+    ("drop", Otherwise::Drop),
+    ("dead_letter", Otherwise::DeadLetter),
+];
+/// `method` of enrich operators.
+pub(crate) const ENRICH_METHODS: &[(&str, EnrichMethod)] =
+    &[("get", EnrichMethod::Get), ("post", EnrichMethod::Post)];
+/// `on_unavailable` of enrich operators.
+pub(crate) const ON_UNAVAILABLE: &[(&str, OnUnavailable)] = &[
+    ("pass", OnUnavailable::Pass),
+    ("dead_letter", OnUnavailable::DeadLetter),
+];
+/// `synchronous` of SQLite sinks.
+pub(crate) const SQLITE_SYNC: &[(&str, SqliteSync)] =
+    &[("full", SqliteSync::Full), ("normal", SqliteSync::Normal)];
 
 /// Reads and checks a pipeline file's text.
 pub(crate) fn read(text: &str, origin: &Path) -> Result<PipelineConfig, ConfigErrors> {
@@ -597,20 +652,12 @@ impl Reader {
     }
 
     fn filter(&mut self, t: &Tbl<'_>) -> Option<FilterConfig> {
-        use crate::operator::filter::{Condition, Otherwise};
+        use crate::operator::filter::Condition;
         self.unknown_keys(t, FILTER_KEYS);
         let entry = self.required(t, "condition", "condition = \"value < 1000\"")?;
         let condition = self.convert(entry, |item| Condition::parse(&as_string(item)?))?;
         let otherwise = self
-            .value(t, "otherwise", |item| {
-                one_of(
-                    item,
-                    &[
-                        ("drop", Otherwise::Drop),
-                        ("dead_letter", Otherwise::DeadLetter),
-                    ],
-                )
-            })
+            .value(t, "otherwise", |item| one_of(item, OTHERWISE))
             .unwrap_or_default();
         Some(FilterConfig {
             condition,
@@ -649,12 +696,7 @@ impl Reader {
         Some(EnrichConfig {
             url,
             method: self
-                .value(t, "method", |item| {
-                    one_of(
-                        item,
-                        &[("get", EnrichMethod::Get), ("post", EnrichMethod::Post)],
-                    )
-                })
+                .value(t, "method", |item| one_of(item, ENRICH_METHODS))
                 .unwrap_or(d.method),
             fields,
             flag: self.value(t, "flag", as_string),
@@ -671,15 +713,7 @@ impl Reader {
                 .value(t, "slow_call", as_duration)
                 .unwrap_or(d.slow_call),
             on_unavailable: self
-                .value(t, "on_unavailable", |item| {
-                    one_of(
-                        item,
-                        &[
-                            ("pass", OnUnavailable::Pass),
-                            ("dead_letter", OnUnavailable::DeadLetter),
-                        ],
-                    )
-                })
+                .value(t, "on_unavailable", |item| one_of(item, ON_UNAVAILABLE))
                 .unwrap_or(d.on_unavailable),
         })
     }
@@ -724,16 +758,7 @@ impl Reader {
             rate,
             keys: self.value(t, "keys", as_uint).unwrap_or(d.keys),
             distribution: self
-                .value(t, "distribution", |item| {
-                    one_of(
-                        item,
-                        &[
-                            ("uniform", KeyDistribution::Uniform),
-                            ("zipf", KeyDistribution::Zipf),
-                            ("hot", KeyDistribution::Hot),
-                        ],
-                    )
-                })
+                .value(t, "distribution", |item| one_of(item, DISTRIBUTIONS))
                 .unwrap_or(d.distribution),
             zipf_exponent: self
                 .value(t, "zipf_exponent", as_float)
@@ -762,15 +787,7 @@ impl Reader {
             paths.push(path);
         }
         let format = self
-            .value(t, "format", |item| {
-                one_of(
-                    item,
-                    &[
-                        ("json", InputFormat::Json),
-                        ("protobuf", InputFormat::Protobuf),
-                    ],
-                )
-            })
+            .value(t, "format", |item| one_of(item, INPUT_FORMATS))
             .unwrap_or_default();
         Some(FileSourceConfig { paths, format })
     }
@@ -824,15 +841,7 @@ impl Reader {
             topics,
             group: self.value(t, "group", as_string),
             start: self
-                .value(t, "start", |item| {
-                    one_of(
-                        item,
-                        &[
-                            ("earliest", KafkaStart::Earliest),
-                            ("latest", KafkaStart::Latest),
-                        ],
-                    )
-                })
+                .value(t, "start", |item| one_of(item, KAFKA_STARTS))
                 .unwrap_or(d.start),
             bounded: self.value(t, "bounded", as_bool).unwrap_or(d.bounded),
             max_poll_interval: self
@@ -885,16 +894,14 @@ impl Reader {
                 let array = self.array(&entry, "[\"json\", \"ndjson\"]")?;
                 let mut formats = Vec::new();
                 for (file_path, span, name) in self.strings(&entry, array) {
-                    match name.as_str() {
-                        "json" => formats.push(BodyFormat::Json),
-                        "ndjson" => formats.push(BodyFormat::Ndjson),
-                        "protobuf" => formats.push(BodyFormat::Protobuf),
-                        other => {
+                    match BODY_FORMATS.iter().find(|(n, _)| *n == name) {
+                        Some((_, format)) => formats.push(*format),
+                        None => {
                             self.fail(
                                 span.start,
                                 &file_path,
                                 format!(
-                                    "unknown format `{other}`: expected \"json\", \"ndjson\" or \"protobuf\""
+                                    "unknown format `{name}`: expected \"json\", \"ndjson\" or \"protobuf\""
                                 ),
                             );
                         }
@@ -909,14 +916,13 @@ impl Reader {
                 let array = self.array(&entry, "[\"gzip\", \"zstd\"]")?;
                 let mut encodings = Vec::new();
                 for (file_path, span, name) in self.strings(&entry, array) {
-                    match name.as_str() {
-                        "gzip" => encodings.push(ContentEncoding::Gzip),
-                        "zstd" => encodings.push(ContentEncoding::Zstd),
-                        other => {
+                    match ENCODINGS.iter().find(|(n, _)| *n == name) {
+                        Some((_, encoding)) => encodings.push(*encoding),
+                        None => {
                             self.fail(
                                 span.start,
                                 &file_path,
-                                format!("unknown encoding `{other}`: expected \"gzip\" or \"zstd\" (identity is always accepted)"),
+                                format!("unknown encoding `{name}`: expected \"gzip\" or \"zstd\" (identity is always accepted)"),
                             );
                         }
                     }
@@ -980,15 +986,7 @@ impl Reader {
             retention_age: self.value(t, "retention_age", as_duration),
             max_size: self.value(t, "max_size", as_size),
             when_full: self
-                .value(t, "when_full", |item| {
-                    one_of(
-                        item,
-                        &[
-                            ("refuse", WhenFull::Refuse),
-                            ("delete_oldest", WhenFull::DeleteOldest),
-                        ],
-                    )
-                })
+                .value(t, "when_full", |item| one_of(item, WHEN_FULL))
                 .unwrap_or(d.when_full),
         }
     }
@@ -1182,12 +1180,7 @@ impl Reader {
             .value(t, "batch_max_age", as_duration)
             .unwrap_or(d.batch_max_age);
         let synchronous = self
-            .value(t, "synchronous", |item| {
-                one_of(
-                    item,
-                    &[("full", SqliteSync::Full), ("normal", SqliteSync::Normal)],
-                )
-            })
+            .value(t, "synchronous", |item| one_of(item, SQLITE_SYNC))
             .unwrap_or(d.synchronous);
         let write_timeout = self
             .value(t, "write_timeout", as_duration)

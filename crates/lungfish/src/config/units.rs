@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Duration units, largest first, with their length in nanoseconds.
-const DURATION_UNITS: [(&str, u128); 7] = [
+pub(crate) const DURATION_UNITS: [(&str, u128); 7] = [
     ("d", 86_400_000_000_000),
     ("h", 3_600_000_000_000),
     ("m", 60_000_000_000),
@@ -14,7 +14,7 @@ const DURATION_UNITS: [(&str, u128); 7] = [
 ];
 
 /// Size units with their length in bytes.
-const SIZE_UNITS: [(&str, u64); 8] = [
+pub(crate) const SIZE_UNITS: [(&str, u64); 8] = [
     ("B", 1),
     ("KiB", 1 << 10),
     ("MiB", 1 << 20),

@@ -7,9 +7,9 @@ use super::aggregate::{is_field_name, is_identifier};
 use super::error::{index, join};
 use super::units::{format_duration, format_size};
 use super::{
-    AggFunc, AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, LogSettings,
-    MemoryPlan, OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig, SourceConfig,
-    WindowSpec,
+    AggFunc, AggregateSpec, FsyncPolicy, GeneratorConfig, HttpSourceConfig, KafkaSinkConfig,
+    LogSettings, MemoryPlan, OperatorConfig, PipelineConfig, ProcessingConfig, Rate, SinkConfig,
+    SourceConfig, WindowSpec,
 };
 
 /// One problem. `fields[0]` is the field the problem is reported at; the others are the
@@ -239,8 +239,7 @@ pub(crate) fn check(config: &PipelineConfig) -> Vec<Issue> {
             SinkConfig::Kafka(kafka) => {
                 out.non_empty(join(&path, "brokers"), &kafka.brokers);
                 out.non_empty(join(&path, "topic"), &kafka.topic);
-                if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&kafka.compression.as_str())
-                {
+                if !KafkaSinkConfig::COMPRESSIONS.contains(&kafka.compression.as_str()) {
                     out.add(
                         join(&path, "compression"),
                         format!(
