@@ -489,7 +489,9 @@ pub struct HttpSourceConfig {
     /// Header naming the client for rate limits and idempotency keys; the peer's IP
     /// address when absent.
     pub client_header: Option<String>,
-    /// `Retry-After` sent with 429 (at least) and 503.
+    /// `Retry-After` sent with a 503 (log full, not durable, shutting down) and with a
+    /// refused connection, rounded up to whole seconds. A 429 carries the client
+    /// bucket's own wait instead (at least 1 s).
     pub retry_after: Duration,
 }
 

@@ -301,7 +301,7 @@ fn check_http(out: &mut Issues, path: &str, http: &HttpSourceConfig) {
     if http.formats.is_empty() {
         out.add(
             field("formats"),
-            "must list at least one of \"json\", \"ndjson\"",
+            "must list at least one of \"json\", \"ndjson\", \"protobuf\"",
         );
     }
     out.at_least_one(field("max_connections"), http.max_connections as u64);
