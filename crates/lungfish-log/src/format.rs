@@ -4,13 +4,13 @@
 //! ([`BatchBuilder`]) and decoding ([`BatchView`]); nothing else touches the bytes.
 
 /// Identifies the start of a batch ("LFB1" read as a little-endian u32).
-pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"LFB1");
+pub(crate) const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"LFB1");
 /// Size of the fixed batch header in bytes.
 pub const HEADER_LEN: usize = 52;
 /// Bytes of the header covered by the CRC (everything after the CRC field).
 const CRC_START: usize = 12;
 /// Per-record framing: a little-endian u32 length.
-pub const RECORD_PREFIX_LEN: usize = 4;
+pub(crate) const RECORD_PREFIX_LEN: usize = 4;
 
 /// Identifies the writer of a batch so that a restarted writer can continue exactly
 /// where its durable batches end: the log remembers the highest `seq` of every `id`
@@ -167,7 +167,7 @@ pub enum FrameError {
 
 /// Decodes a header from the first [`HEADER_LEN`] bytes, checking what can be checked
 /// without the body: the magic and a plausible length.
-pub fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, FrameError> {
+pub(crate) fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, FrameError> {
     if bytes.len() < HEADER_LEN {
         return Err(FrameError::Truncated);
     }
@@ -219,6 +219,13 @@ pub struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     /// Decodes and verifies the frame at the start of `bytes`: magic, length, CRC32C and
     /// record framing. Returns the batch and its frame length.
+    ///
+    /// # Errors
+    /// [`FrameError::Truncated`] if `bytes` ends inside the frame, [`FrameError::Invalid`]
+    /// if a check fails or the frame is longer than `max_batch_len`.
+    // Public only for the fuzz targets; readers get verified batches from
+    // `Chunk::batches`.
+    #[doc(hidden)]
     pub fn decode(bytes: &'a [u8], max_batch_len: usize) -> Result<Self, FrameError> {
         let header = decode_header(bytes, max_batch_len)?;
         let frame_len = header.frame_len() as usize;

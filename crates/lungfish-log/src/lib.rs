@@ -129,6 +129,7 @@
 //! * The partition count is recorded in `meta` and cannot change.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 #![forbid(unsafe_code)]
 
 mod config;
@@ -152,5 +153,18 @@ pub use log::{Log, PartitionStats, SegmentStats};
 pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
 pub use partition::{Appended, DurableTicket, RecoveryReport, RetentionReport};
 pub use reader::{Chunk, PartitionReader};
-pub use repair::{Damage, RepairReport, repair, repair_with_storage};
+pub use repair::{Damage, RepairReport, repair};
+
+// Public only for the fuzz targets (`fuzz/fuzz_targets/batch_decode.rs` and
+// `recovery_scan.rs`), which feed arbitrary bytes to `BatchView::decode`; readers get
+// verified batches from `Chunk::batches` and never decode frames themselves.
+#[doc(hidden)]
+pub use format::FrameError;
+
+// The file-system seam. Public only for the tests in `tests/` (`failpoints.rs`,
+// `crash_points.rs`, `model_sim.rs`), which put a fault-injecting or simulated file system
+// behind `Log::open_with_storage`. Not a supported extension point: the durability rules
+// depend on exact rename, fsync and directory-fsync semantics that an implementation
+// would have to reproduce.
+#[doc(hidden)]
 pub use storage::{FsStorage, ReadFile, Storage, WriteFile};

@@ -101,6 +101,9 @@ impl Log {
     ///
     /// # Errors
     /// As [`open`](Self::open).
+    // Public only for the tests in `tests/`, which inject faults or simulate crashes
+    // through a `Storage` of their own (see the re-export in lib.rs).
+    #[doc(hidden)]
     pub fn open_with_storage(
         dir: impl AsRef<Path>,
         config: LogConfig,

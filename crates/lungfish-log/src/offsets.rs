@@ -61,7 +61,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 }
 
 impl OffsetStore {
-    pub fn open(storage: &dyn Storage, dir: PathBuf, partitions: u32) -> Result<Self> {
+    pub(crate) fn open(storage: &dyn Storage, dir: PathBuf, partitions: u32) -> Result<Self> {
         storage
             .create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
@@ -77,7 +77,7 @@ impl OffsetStore {
     }
 
     /// Names of the consumers with committed offsets.
-    pub fn consumers(&self, storage: &dyn Storage) -> Result<Vec<String>> {
+    pub(crate) fn consumers(&self, storage: &dyn Storage) -> Result<Vec<String>> {
         let mut names: Vec<String> = storage
             .list_dir(&self.dir)
             .map_err(|e| LogError::io("list directory", &self.dir, e))?
@@ -89,7 +89,7 @@ impl OffsetStore {
         Ok(names)
     }
 
-    pub fn get(&mut self, storage: &dyn Storage, name: &str) -> Result<ConsumerOffsets> {
+    pub(crate) fn get(&mut self, storage: &dyn Storage, name: &str) -> Result<ConsumerOffsets> {
         check_name(name)?;
         if let Some(v) = self.cache.get(name) {
             return Ok(v.clone());
@@ -106,7 +106,7 @@ impl OffsetStore {
 
     /// Commits `entries`, keeping the other partitions' offsets. With `check`, refuses
     /// to move any offset backwards or past `ends`.
-    pub fn commit(
+    pub(crate) fn commit(
         &mut self,
         storage: &dyn Storage,
         name: &str,

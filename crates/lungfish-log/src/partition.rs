@@ -286,7 +286,7 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<u64>> {
 
 impl Partition {
     /// Opens (or creates) the partition in `dir`, recovering its tail.
-    pub fn open(
+    pub(crate) fn open(
         id: u32,
         dir: PathBuf,
         storage: Arc<dyn Storage>,
@@ -506,7 +506,7 @@ impl Partition {
     }
 
     /// Appends a batch; see [`crate::Log::append`].
-    pub fn append(
+    pub(crate) fn append(
         self: &Arc<Self>,
         batch: &mut BatchBuilder,
         producer: Option<Producer>,
@@ -650,7 +650,7 @@ impl Partition {
 
     /// Marks the partition failed (after a panic in a write or fsync): waiting tickets
     /// fail and the next append heals it.
-    pub fn fail(&self, reason: &str) {
+    pub(crate) fn fail(&self, reason: &str) {
         let mut w = self.writer();
         let err = LogError::Poisoned {
             partition: self.id,
@@ -782,7 +782,7 @@ impl Partition {
 
     /// Makes everything written so far durable. Called by the flusher; safe to call
     /// concurrently (the durable mark only moves forward).
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         let _serial = lock(&self.sync_lock);
         let (file, mark, dir_dirty, epoch) = {
             let mut w = self.writer();
@@ -842,14 +842,14 @@ impl Partition {
     }
 
     /// Records the current durable mark as the recovery point now (on close).
-    pub fn write_recovery_point(&self) {
+    pub(crate) fn write_recovery_point(&self) {
         lock(&self.recovery_point).1 = None;
         let mark = lock(&self.durable).mark;
         self.maybe_write_recovery_point(mark);
     }
 
     /// True if bytes were written that are not durable yet.
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         let w = self.writer();
         w.poisoned.is_none() && lock(&self.durable).mark < w.mark()
     }
@@ -865,7 +865,7 @@ impl Partition {
     }
 
     /// Marks the partition closed: waiters wake up with [`LogError::Closed`].
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         lock(&self.durable).closed = true;
         self.durable_cond.notify_all();
         self.durable_notify.notify_waiters();
@@ -895,7 +895,12 @@ impl Partition {
         }
     }
 
-    pub fn wait_durable_blocking(&self, target: Mark, epoch: u64, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_durable_blocking(
+        &self,
+        target: Mark,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut d = lock(&self.durable);
         loop {
@@ -914,7 +919,7 @@ impl Partition {
         }
     }
 
-    pub async fn wait_durable(&self, target: Mark, epoch: u64) -> Result<()> {
+    pub(crate) async fn wait_durable(&self, target: Mark, epoch: u64) -> Result<()> {
         loop {
             let notified = self.durable_notify.notified();
             tokio::pin!(notified);
@@ -928,7 +933,7 @@ impl Partition {
 
     /// Waits until the durable end passes `offset` (there is a record at `offset` to
     /// read), or `timeout` passes. Returns true if there is data.
-    pub fn wait_for_offset_blocking(&self, offset: u64, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_offset_blocking(&self, offset: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut d = lock(&self.durable);
         loop {
@@ -952,7 +957,7 @@ impl Partition {
 
     /// Async form of [`wait_for_offset_blocking`](Self::wait_for_offset_blocking),
     /// without a timeout (wrap it in one). Cancel safe.
-    pub async fn wait_for_offset(&self, offset: u64) -> bool {
+    pub(crate) async fn wait_for_offset(&self, offset: u64) -> bool {
         loop {
             let notified = self.durable_notify.notified();
             tokio::pin!(notified);
@@ -971,43 +976,43 @@ impl Partition {
     }
 
     /// The durable mark.
-    pub fn durable_mark(&self) -> Mark {
+    pub(crate) fn durable_mark(&self) -> Mark {
         lock(&self.durable).mark
     }
 
     /// The offset after the last written (not necessarily durable) record.
-    pub fn written_end(&self) -> u64 {
+    pub(crate) fn written_end(&self) -> u64 {
         self.writer().next_offset
     }
 
     /// Bytes in all segments.
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.writer().total_bytes
     }
 
     /// The last sequence number of `producer_id` in this partition.
-    pub fn producer_seq(&self, producer_id: u64) -> Option<u64> {
+    pub(crate) fn producer_seq(&self, producer_id: u64) -> Option<u64> {
         self.writer().producers.get(&producer_id).copied()
     }
 
     /// The current segment list.
-    pub fn segments(&self) -> Arc<Vec<SegmentInfo>> {
+    pub(crate) fn segments(&self) -> Arc<Vec<SegmentInfo>> {
         self.segments
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub fn storage(&self) -> &dyn Storage {
+    pub(crate) fn storage(&self) -> &dyn Storage {
         &*self.storage
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The append time of the first batch of `segment`, if it has one.
-    pub fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
+    pub(crate) fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
         let file = self.storage.open_read(&segment.path).ok()?;
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, 0).ok()?;
@@ -1021,7 +1026,7 @@ impl Partition {
     ///
     /// # Errors
     /// A segment cannot be read.
-    pub fn offset_for_time(&self, time_ms: i64) -> Result<u64> {
+    pub(crate) fn offset_for_time(&self, time_ms: i64) -> Result<u64> {
         let segments = self.segments();
         let end = self.durable_mark();
         // The segment to search: the last whose first batch is not after `time_ms`.
@@ -1067,7 +1072,7 @@ impl Partition {
     ///
     /// # Errors
     /// A file could not be removed; segments removed before the failure stay removed.
-    pub fn apply_retention(
+    pub(crate) fn apply_retention(
         &self,
         consumers: &[(String, u64)],
         now_ms: i64,
@@ -1163,7 +1168,7 @@ impl Partition {
 
     /// Finds the position of the batch holding `offset` in segment `seg` (see
     /// [`find_position`]).
-    pub fn position_of(&self, seg: &SegmentInfo, offset: u64) -> Result<u64> {
+    pub(crate) fn position_of(&self, seg: &SegmentInfo, offset: u64) -> Result<u64> {
         let file = self
             .storage
             .open_read(&seg.path)

@@ -66,7 +66,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
 ///
 /// # Errors
 /// As [`repair`].
-pub fn repair_with_storage(dir: &Path, storage: Arc<dyn Storage>) -> Result<RepairReport> {
+pub(crate) fn repair_with_storage(dir: &Path, storage: Arc<dyn Storage>) -> Result<RepairReport> {
     let partitions = crate::log::read_meta(&*storage, &dir.join("meta"))?;
     let mut report = RepairReport::default();
     let damaged_dir = dir.join("damaged");
