@@ -442,7 +442,7 @@ impl Log {
         self.inner
             .offsets
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&*self.inner.storage, consumer)
     }
 
@@ -454,7 +454,7 @@ impl Log {
         self.inner
             .offsets
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .consumers(&*self.inner.storage)
     }
 
