@@ -138,6 +138,15 @@ impl PartitionReader {
         self.frames.clear();
         let from = self.next_offset;
         let read_end = self.fill(max_bytes.max(HEADER_LEN))?;
+        // If records at the position were deleted (retention) or set aside (repair), the
+        // reader jumped forward: the chunk starts at its first batch, not at `from`.
+        let from = match self.frames.first() {
+            Some(&(start, len)) => {
+                decode_header(&self.buf[start..start + len], self.part.max_batch)
+                    .map_or(from, |h| from.max(h.base_offset))
+            }
+            None => self.next_offset,
+        };
         Ok(Chunk {
             buf: &self.buf[..read_end],
             frames: &self.frames,
