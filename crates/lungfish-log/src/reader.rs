@@ -254,6 +254,9 @@ impl PartitionReader {
         let cursor = self.cursor.as_mut().unwrap();
         let available = (end - cursor.pos) as usize;
         let mut want = available.min(max_bytes);
+        // The position moves only when the whole read succeeds: after an error the same
+        // read can be retried, and no record before the error is passed over.
+        let mut next_offset = self.next_offset;
         loop {
             // Only ever grow: zero-filling a buffer on every read costs more than the read.
             if self.buf.len() < want {
@@ -268,7 +271,7 @@ impl PartitionReader {
                 match BatchView::decode(&self.buf[at..want], max_batch) {
                     Ok(view) => {
                         let len = view.frame_len();
-                        self.next_offset = self.next_offset.max(view.header().next_offset());
+                        next_offset = next_offset.max(view.header().next_offset());
                         self.frames.push((at, len));
                         at += len;
                     }
@@ -317,6 +320,7 @@ impl PartitionReader {
                 continue;
             }
             cursor.pos += at as u64;
+            self.next_offset = next_offset;
             return Ok(at);
         }
     }
