@@ -37,6 +37,29 @@
 //!   last sequence number per partition ([`Log::producer_seq`]) and continue exactly
 //!   there; a batch whose sequence is not above the last is not written again.
 //!
+//! # What blocks, what holds on, what drops data
+//!
+//! * **Blocks:** [`Log::open`] (recovery reads and fsyncs each partition's last
+//!   segment); [`Log::append`] (one write, and an fsync when it starts a new segment);
+//!   [`DurableTicket::wait`] and [`PartitionReader::wait`] (up to their timeout; their
+//!   async forms have none: wrap them in one); [`Log::commit`] and
+//!   [`Log::reset_offsets`] (a durable file replace); [`Log::sync`], [`Log::close`] and
+//!   dropping the last [`Log`] clone (fsyncs); [`Log::apply_retention`]; [`repair`].
+//!   Nothing waits for space: a full partition refuses appends ([`WhenFull::Refuse`]).
+//! * **Holds on:** a [`BatchBuilder`] holds its records until cleared; a
+//!   [`PartitionReader`] holds its largest read's buffer and an open segment file;
+//!   readers and tickets hold their partition's files after the log is dropped. A
+//!   consumer that has committed once holds back retention in every partition until it
+//!   commits further; there is no call to remove it (delete its offsets file).
+//! * **Drops data:** retention deletes whole segments ([`Retention`]; with no committed
+//!   consumer, read or not), unread ones too with [`WhenFull::DeleteOldest`]; recovery
+//!   truncates an unacknowledged torn tail (with [`FsyncPolicy::Never`], possibly
+//!   acknowledged records after an operating-system crash); a failed write or fsync
+//!   loses the batches not yet durable (their tickets fail, and the next append cuts
+//!   them off); [`repair`] moves damaged tails aside; readers skip records that are gone.
+//! * **One owner:** the log does not lock its directory. Open it in one place and
+//!   clone the [`Log`]; never open it from two processes or run [`repair`] beside it.
+//!
 //! # On-disk format
 //!
 //! ```text

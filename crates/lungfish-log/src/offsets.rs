@@ -15,27 +15,31 @@ use crate::{LogError, Result};
 const MAGIC: &[u8; 4] = b"LFO1";
 const SUFFIX: &str = ".offsets";
 
-/// A consumer's committed position in one partition.
+/// A consumer's committed position in one partition, as
+/// [`Log::committed`](crate::Log::committed) returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommittedOffset {
-    /// The offset of the next record the consumer will process.
+    /// The offset of the next record the consumer will process: resume reading here.
     pub offset: u64,
-    /// Opaque data stored with the offset (at most 64 KiB).
+    /// Opaque data stored with the offset (at most 64 KiB), committed atomically with it.
     pub metadata: Vec<u8>,
 }
 
-/// One entry of a commit.
+/// One entry of a [`Log::commit`](crate::Log::commit) or
+/// [`Log::reset_offsets`](crate::Log::reset_offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetCommit<'a> {
     /// The partition.
     pub partition: u32,
-    /// The offset of the next record to process.
+    /// The offset of the next record to process (not the last one processed): after
+    /// processing a chunk, its [`next_offset`](crate::Chunk::next_offset).
     pub offset: u64,
-    /// Opaque data to store with it.
+    /// Opaque data to store with it, at most 64 KiB (`b""` for none).
     pub metadata: &'a [u8],
 }
 
-/// Per partition, the committed offset if any.
+/// A consumer's committed offsets, indexed by partition: `None` where it never
+/// committed.
 pub type ConsumerOffsets = Vec<Option<CommittedOffset>>;
 
 #[derive(Debug)]

@@ -93,7 +93,11 @@ pub(crate) struct DurableState {
     pub closed: bool,
 }
 
-/// What recovery found when the partition was opened.
+/// What recovery did to one partition when the log was opened; see
+/// [`Log::recovery`](crate::Log::recovery). A non-zero `truncated_bytes` means data was
+/// dropped: the tail of a write that was never acknowledged (torn by a crash), or, with
+/// [`FsyncPolicy::Never`], possibly acknowledged records lost to an operating-system
+/// crash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Bytes cut from the end of the last segment (an incomplete or invalid tail).
@@ -102,7 +106,8 @@ pub struct RecoveryReport {
     pub reason: Option<String>,
 }
 
-/// What retention did to one partition.
+/// What retention did to one partition; see
+/// [`Log::apply_retention`](crate::Log::apply_retention).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
     /// The partition.
@@ -111,8 +116,9 @@ pub struct RetentionReport {
     pub deleted_segments: usize,
     /// Bytes freed.
     pub deleted_bytes: u64,
-    /// Consumers that had not read everything deleted (only with
-    /// [`WhenFull::DeleteOldest`]), with the offset they had reached.
+    /// Consumers that lost records they had not read (only with
+    /// [`WhenFull::DeleteOldest`]), with their committed offset: the records from there
+    /// to `start_offset` are gone.
     pub lost: Vec<(String, u64)>,
     /// The partition's first offset afterwards.
     pub start_offset: u64,
@@ -139,24 +145,55 @@ pub(crate) struct Partition {
     pub recovery: RecoveryReport,
 }
 
-/// The result of an append.
+/// The result of [`Log::append`](crate::Log::append): where the batch went, and the
+/// ticket that says when it is durable.
 #[derive(Debug, Clone)]
 pub struct Appended {
     /// The partition appended to.
     pub partition: u32,
-    /// Offset of the first record of the batch.
+    /// Offset of the first record of the batch. For a duplicate, the partition's current
+    /// end (the offsets of the earlier append are not known).
     pub base_offset: u64,
-    /// Offset after the last record of the batch.
+    /// Offset after the last record of the batch. For a duplicate, equal to
+    /// `base_offset`.
     pub next_offset: u64,
     /// True if the producer's sequence number was not above its last one: nothing was
-    /// written, and the ticket becomes durable with the data already in the log.
+    /// written, and the ticket resolves once everything written to the partition so far
+    /// is durable (the earlier append included).
     pub duplicate: bool,
-    /// Resolves once the batch is durable under the fsync policy.
+    /// Resolves once the batch is durable under the fsync policy. Wait on it before
+    /// acknowledging the batch.
     pub ticket: DurableTicket,
 }
 
 /// A claim on durability: resolves once the log's durable mark has reached the end of
 /// an appended batch. Acknowledge a batch to its sender only after this resolves.
+///
+/// Once a ticket says `Ok` (the batch is durable and readers can see it) or
+/// [`LogError::Poisoned`] (the batch is lost), that answer is final: a lost batch is
+/// never reported durable, even if later batches reach the same file position. Cheap
+/// to clone; it
+/// holds its partition (and so its open files) until dropped, so do not keep tickets
+/// around after they resolved.
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, FsyncPolicy, Log, LogConfig};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = LogConfig {
+///     fsync: FsyncPolicy::Every(Duration::from_millis(50)),
+///     ..LogConfig::default()
+/// };
+/// let log = Log::open(dir.path(), config).unwrap();
+/// let mut batch = BatchBuilder::new();
+/// batch.push(b"payment 9");
+/// let ticket = log.append(1, &mut batch, None).unwrap().ticket;
+/// // Written, but not acknowledged until the next fsync (at most 50 ms away here).
+/// ticket.wait(Duration::from_secs(5)).unwrap();
+/// assert!(ticket.is_durable());
+/// assert_eq!(log.end_offset(1), 1);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DurableTicket {
     part: Arc<Partition>,
@@ -165,7 +202,7 @@ pub struct DurableTicket {
 }
 
 impl DurableTicket {
-    /// True if the batch is durable.
+    /// True if the batch is durable now. Does not block (beyond a short lock).
     pub fn is_durable(&self) -> bool {
         matches!(
             self.part
@@ -174,21 +211,26 @@ impl DurableTicket {
         )
     }
 
-    /// Blocks until the batch is durable.
+    /// Blocks the thread until the batch is durable, at most for `timeout`.
     ///
     /// # Errors
-    /// The write or fsync failed ([`LogError::Io`] or [`LogError::Poisoned`]): the batch
-    /// is not durable and never will be (append it again); the log was closed first; or
-    /// `timeout` passed ([`LogError::Timeout`]).
+    /// * [`LogError::Poisoned`]: the write or an fsync failed; the batch is not durable
+    ///   and never will be (append it again);
+    /// * [`LogError::Closed`]: the log was closed (or dropped) before the batch became
+    ///   durable;
+    /// * [`LogError::Timeout`]: `timeout` passed. The batch may still become durable;
+    ///   waiting again is safe.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
         self.part
             .wait_durable_blocking(self.mark, self.epoch, timeout)
     }
 
-    /// Waits until the batch is durable.
+    /// Waits until the batch is durable, without blocking the thread. Needs no
+    /// particular async runtime.
     ///
     /// # Errors
-    /// As [`wait`](Self::wait), without the timeout: wrap it in one.
+    /// As [`wait`](Self::wait), without [`LogError::Timeout`]: this has no timeout of its
+    /// own, so wrap it in one (`tokio::time::timeout`).
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future only stops the wait, the batch stays appended.
