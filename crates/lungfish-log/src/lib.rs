@@ -37,6 +37,11 @@
 //!   last sequence number per partition ([`Log::producer_seq`]) and continue exactly
 //!   there; a batch whose sequence is not above the last is not written again.
 //!
+//! `examples/durable_queue.rs` uses the log on its own as a durable local queue: a
+//! producer that acknowledges only durable batches, a consumer that commits its offsets,
+//! and a restart in the middle of the stream (`cargo run -p lungfish-log --example
+//! durable_queue`).
+//!
 //! # What blocks, what holds on, what drops data
 //!
 //! * **Blocks:** [`Log::open`] (recovery reads and fsyncs each partition's last
