@@ -4,17 +4,34 @@
 //! ([`BatchBuilder`]) and decoding ([`BatchView`]); nothing else touches the bytes.
 
 /// Identifies the start of a batch ("LFB1" read as a little-endian u32).
-pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"LFB1");
-/// Size of the fixed batch header in bytes.
+pub(crate) const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"LFB1");
+/// Size of the fixed batch header in bytes (exported as `BATCH_HEADER_LEN`). A batch's
+/// encoded size is this plus, per record, 4 bytes of length and the record's bytes: use
+/// it to size batches against [`LogConfig::max_batch_bytes`](crate::LogConfig).
 pub const HEADER_LEN: usize = 52;
 /// Bytes of the header covered by the CRC (everything after the CRC field).
 const CRC_START: usize = 12;
 /// Per-record framing: a little-endian u32 length.
-pub const RECORD_PREFIX_LEN: usize = 4;
+pub(crate) const RECORD_PREFIX_LEN: usize = 4;
 
 /// Identifies the writer of a batch so that a restarted writer can continue exactly
 /// where its durable batches end: the log remembers the highest `seq` of every `id`
-/// per partition and refuses to append a batch whose `seq` is not above it.
+/// per partition and does not append a batch whose `seq` is not above it (the append
+/// reports a [duplicate](crate::Appended::duplicate) instead).
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, Log, LogConfig, Producer};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let mut batch = BatchBuilder::new();
+/// batch.push(b"order 17");
+/// let me = Producer { id: 42, seq: 1 };
+/// assert!(!log.append(0, &mut batch, Some(me)).unwrap().duplicate);
+/// // A retry of the same batch (after a restart, say) is not written twice.
+/// assert!(log.append(0, &mut batch, Some(me)).unwrap().duplicate);
+/// assert_eq!(log.producer_seq(0, 42), Some(1)); // where to continue
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Producer {
     /// A stable identifier of the writer, never 0.
@@ -25,9 +42,29 @@ pub struct Producer {
 
 /// Accumulates records into one batch ready to append, without a copy at append time.
 ///
+/// A batch is the unit of writing and of durability: its records get consecutive
+/// offsets, are written with one write, and become durable (and visible to readers)
+/// together. A record is any bytes, empty included.
+///
 /// The builder reserves room for the header up front; [`Log::append`](crate::Log::append)
-/// fills it in. A builder can be reused after [`clear`](Self::clear), keeping its
-/// allocation.
+/// fills it in. The builder holds all its records in memory; nothing bounds it but
+/// [`LogConfig::max_batch_bytes`](crate::LogConfig), which the append checks (so check
+/// [`encoded_len`](Self::encoded_len) while filling it). A builder can be reused after
+/// [`clear`](Self::clear), keeping its allocation.
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, BATCH_HEADER_LEN};
+///
+/// let mut batch = BatchBuilder::with_capacity(64);
+/// batch.push(b"first");
+/// batch.push_with(|buf| buf.extend_from_slice(b"second"));
+/// assert_eq!(batch.len(), 2);
+/// assert_eq!(batch.encoded_len(), BATCH_HEADER_LEN + (4 + 5) + (4 + 6));
+/// let records: Vec<&[u8]> = batch.records().map(|(_, r)| r).collect();
+/// assert_eq!(records, [&b"first"[..], &b"second"[..]]);
+/// batch.clear();
+/// assert!(batch.is_empty());
+/// ```
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     buf: Vec<u8>,
@@ -41,7 +78,7 @@ impl Default for BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// An empty batch.
+    /// An empty batch. Allocates only the header.
     pub fn new() -> Self {
         Self::with_capacity(0)
     }
@@ -53,7 +90,7 @@ impl BatchBuilder {
         BatchBuilder { buf, count: 0 }
     }
 
-    /// Appends one record.
+    /// Adds one record at the end of the batch, copying it.
     pub fn push(&mut self, record: &[u8]) {
         self.buf
             .extend_from_slice(&(record.len() as u32).to_le_bytes());
@@ -61,8 +98,14 @@ impl BatchBuilder {
         self.count += 1;
     }
 
-    /// Appends one record that `encode` writes straight into the batch buffer,
-    /// avoiding an intermediate copy. `encode` must only append to the vector.
+    /// Adds one record that `encode` writes straight into the batch buffer, avoiding an
+    /// intermediate copy. The record is whatever `encode` appends to the vector.
+    ///
+    /// # Panics
+    /// If `encode` shrinks the vector below its length at the call (it must only
+    /// append). It must not rewrite bytes before the ones it appends either: that changes
+    /// earlier records or breaks the batch's framing, which readers and recovery then
+    /// treat as damage.
     pub fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; RECORD_PREFIX_LEN]);
@@ -83,12 +126,14 @@ impl BatchBuilder {
         self.count == 0
     }
 
-    /// Encoded size in bytes, header included.
+    /// Encoded size in bytes, header included: what the append checks against
+    /// [`LogConfig::max_batch_bytes`](crate::LogConfig) and what it adds to the segment.
     pub fn encoded_len(&self) -> usize {
         self.buf.len()
     }
 
-    /// The records pushed so far, in order.
+    /// The records pushed so far, in order. Their offsets count from 0 (the real offsets
+    /// are only known at append).
     pub fn records(&self) -> Records<'_> {
         Records {
             rest: &self.buf[HEADER_LEN..],
@@ -127,7 +172,7 @@ impl BatchBuilder {
     }
 }
 
-/// The fixed header of a batch, decoded.
+/// The fixed header of a batch, decoded (see the crate documentation for the layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     /// Length of everything after the CRC field.
@@ -145,7 +190,7 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
-    /// Total size of the frame on disk.
+    /// Total size of the frame on disk, header included.
     pub fn frame_len(&self) -> u64 {
         CRC_START as u64 + self.body_len as u64
     }
@@ -156,7 +201,7 @@ impl BatchHeader {
     }
 }
 
-/// Why a frame could not be decoded.
+/// Why a frame could not be decoded by [`BatchView::decode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// Fewer bytes than the header or the declared length: the frame is cut short.
@@ -167,7 +212,7 @@ pub enum FrameError {
 
 /// Decodes a header from the first [`HEADER_LEN`] bytes, checking what can be checked
 /// without the body: the magic and a plausible length.
-pub fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, FrameError> {
+pub(crate) fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, FrameError> {
     if bytes.len() < HEADER_LEN {
         return Err(FrameError::Truncated);
     }
@@ -209,7 +254,10 @@ pub fn decode_header(bytes: &[u8], max_batch_len: usize) -> Result<BatchHeader, 
     })
 }
 
-/// A whole, verified batch borrowed from a buffer.
+/// A whole batch, verified (magic, length, CRC32C and record framing), borrowed from a
+/// buffer. [`Chunk::batches`](crate::Chunk::batches) hands them out; use it to see batch
+/// boundaries and headers (append time, producer), or
+/// [`Chunk::records`](crate::Chunk::records) for just the records.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchView<'a> {
     header: BatchHeader,
@@ -219,6 +267,13 @@ pub struct BatchView<'a> {
 impl<'a> BatchView<'a> {
     /// Decodes and verifies the frame at the start of `bytes`: magic, length, CRC32C and
     /// record framing. Returns the batch and its frame length.
+    ///
+    /// # Errors
+    /// [`FrameError::Truncated`] if `bytes` ends inside the frame, [`FrameError::Invalid`]
+    /// if a check fails or the frame is longer than `max_batch_len`.
+    // Public only for the fuzz targets; readers get verified batches from
+    // `Chunk::batches`.
+    #[doc(hidden)]
     pub fn decode(bytes: &'a [u8], max_batch_len: usize) -> Result<Self, FrameError> {
         let header = decode_header(bytes, max_batch_len)?;
         let frame_len = header.frame_len() as usize;
@@ -264,12 +319,13 @@ impl<'a> BatchView<'a> {
         &self.header
     }
 
-    /// Total size of the frame.
+    /// Total size of the frame, header included.
     pub fn frame_len(&self) -> usize {
         self.header.frame_len() as usize
     }
 
-    /// The records with their offsets, in order.
+    /// All the batch's records with their offsets, in order (the first may come before a
+    /// reader's position: see [`Chunk::batches`](crate::Chunk::batches)).
     pub fn records(&self) -> Records<'a> {
         Records {
             rest: self.records,
@@ -278,7 +334,9 @@ impl<'a> BatchView<'a> {
     }
 }
 
-/// Iterator over `(offset, record bytes)` of a verified batch.
+/// Iterator over `(offset, record bytes)` of a verified batch, from
+/// [`BatchView::records`] or [`BatchBuilder::records`]. The record bytes borrow the
+/// batch's buffer; nothing is copied.
 #[derive(Debug, Clone)]
 pub struct Records<'a> {
     rest: &'a [u8],

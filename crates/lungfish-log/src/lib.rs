@@ -37,6 +37,34 @@
 //!   last sequence number per partition ([`Log::producer_seq`]) and continue exactly
 //!   there; a batch whose sequence is not above the last is not written again.
 //!
+//! `examples/durable_queue.rs` uses the log on its own as a durable local queue: a
+//! producer that acknowledges only durable batches, a consumer that commits its offsets,
+//! and a restart in the middle of the stream (`cargo run -p lungfish-log --example
+//! durable_queue`).
+//!
+//! # What blocks, what holds on, what drops data
+//!
+//! * **Blocks:** [`Log::open`] (recovery reads and fsyncs each partition's last
+//!   segment); [`Log::append`] (one write, and an fsync when it starts a new segment);
+//!   [`DurableTicket::wait`] and [`PartitionReader::wait`] (up to their timeout; their
+//!   async forms have none: wrap them in one); [`Log::commit`] and
+//!   [`Log::reset_offsets`] (a durable file replace); [`Log::sync`], [`Log::close`] and
+//!   dropping the last [`Log`] clone (fsyncs); [`Log::apply_retention`]; [`repair`].
+//!   Nothing waits for space: a full partition refuses appends ([`WhenFull::Refuse`]).
+//! * **Holds on:** a [`BatchBuilder`] holds its records until cleared; a
+//!   [`PartitionReader`] holds its largest read's buffer and an open segment file;
+//!   readers and tickets hold their partition's files after the log is dropped. A
+//!   consumer that has committed once holds back retention in every partition until it
+//!   commits further; there is no call to remove it (delete its offsets file).
+//! * **Drops data:** retention deletes whole segments ([`Retention`]; with no committed
+//!   consumer, read or not), unread ones too with [`WhenFull::DeleteOldest`]; recovery
+//!   truncates an unacknowledged torn tail (with [`FsyncPolicy::Never`], possibly
+//!   acknowledged records after an operating-system crash); a failed write or fsync
+//!   loses the batches not yet durable (their tickets fail, and the next append cuts
+//!   them off); [`repair`] moves damaged tails aside; readers skip records that are gone.
+//! * **One owner:** the log does not lock its directory. Open it in one place and
+//!   clone the [`Log`]; never open it from two processes or run [`repair`] beside it.
+//!
 //! # On-disk format
 //!
 //! ```text
@@ -129,6 +157,7 @@
 //! * The partition count is recorded in `meta` and cannot change.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 #![forbid(unsafe_code)]
 
 mod config;
@@ -152,5 +181,18 @@ pub use log::{Log, PartitionStats, SegmentStats};
 pub use offsets::{CommittedOffset, ConsumerOffsets, OffsetCommit};
 pub use partition::{Appended, DurableTicket, RecoveryReport, RetentionReport};
 pub use reader::{Chunk, PartitionReader};
-pub use repair::{Damage, RepairReport, repair, repair_with_storage};
+pub use repair::{Damage, RepairReport, repair};
+
+// Public only for the fuzz targets (`fuzz/fuzz_targets/batch_decode.rs` and
+// `recovery_scan.rs`), which feed arbitrary bytes to `BatchView::decode`; readers get
+// verified batches from `Chunk::batches` and never decode frames themselves.
+#[doc(hidden)]
+pub use format::FrameError;
+
+// The file-system seam. Public only for the tests in `tests/` (`failpoints.rs`,
+// `crash_points.rs`, `model_sim.rs`), which put a fault-injecting or simulated file system
+// behind `Log::open_with_storage`. Not a supported extension point: the durability rules
+// depend on exact rename, fsync and directory-fsync semantics that an implementation
+// would have to reproduce.
+#[doc(hidden)]
 pub use storage::{FsStorage, ReadFile, Storage, WriteFile};

@@ -18,9 +18,48 @@ const META_FILE: &str = "meta";
 /// How often retention runs in the background.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A partitioned, durable, append-only log. Cheap to clone; all clones share the log.
-/// The flusher stops and a final fsync runs when the last clone is dropped or
-/// [`close`](Self::close)d.
+/// A partitioned, durable, append-only log. Cheap to clone; all clones share the log, and
+/// every method takes `&self`, so clones can be used from many threads at once.
+///
+/// Opening starts one background thread, which fsyncs by the [`FsyncPolicy`] and
+/// applies [`Retention`](crate::Retention) every second. It stops, and a final fsync
+/// runs, when the log is [`close`](Self::close)d or the last clone is dropped; dropping
+/// it therefore **blocks** for that fsync (not with [`FsyncPolicy::Never`]).
+/// [`PartitionReader`]s and [`DurableTicket`](crate::DurableTicket)s keep their
+/// partition's files open after that and can still read, but [`PartitionReader::wait`]
+/// returns at once and tickets that were not durable fail with [`LogError::Closed`].
+///
+/// Only one `Log` may have a directory open at a time, across all processes: the log
+/// does not lock its directory, and two would overwrite each other's segments. (Lungfish
+/// holds a lock on its data directory for this; open a `Log` once and clone it.)
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, Log, LogConfig, OffsetCommit};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = LogConfig { partitions: 1, ..LogConfig::default() };
+/// let log = Log::open(dir.path(), config).unwrap();
+///
+/// // Append a batch and wait until it is durable before acknowledging it.
+/// let mut batch = BatchBuilder::new();
+/// batch.push(b"a");
+/// batch.push(b"b");
+/// let appended = log.append(0, &mut batch, None).unwrap();
+/// appended.ticket.wait(Duration::from_secs(5)).unwrap();
+/// assert_eq!((appended.base_offset, appended.next_offset), (0, 2));
+/// assert_eq!(log.end_offset(0), 2);
+///
+/// // A consumer resumes from its committed offset (0 if it never committed).
+/// let start = log.committed("worker").unwrap()[0].as_ref().map_or(0, |c| c.offset);
+/// let mut reader = log.reader(0, start).unwrap();
+/// let chunk = reader.read(64 * 1024).unwrap();
+/// assert_eq!(chunk.records().map(|(offset, _)| offset).collect::<Vec<_>>(), [0, 1]);
+/// let next = chunk.next_offset();
+/// log.commit("worker", &[OffsetCommit { partition: 0, offset: next, metadata: b"" }])
+///     .unwrap();
+/// assert_eq!(log.committed("worker").unwrap()[0].as_ref().unwrap().offset, 2);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Log {
     inner: Arc<Inner>,
@@ -49,7 +88,7 @@ struct FlushState {
     dirty: bool,
 }
 
-/// One segment file, for inspection.
+/// One segment file, for inspection; see [`Log::segments`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentStats {
     /// Offset of its first record.
@@ -62,16 +101,19 @@ pub struct SegmentStats {
     pub active: bool,
 }
 
-/// A summary of one partition, for inspection and metrics.
+/// A summary of one partition, for inspection and metrics; see [`Log::stats`]. A
+/// snapshot: appends and retention may change it at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionStats {
     /// The partition.
     pub partition: u32,
-    /// Offset of the first record still in the log.
+    /// Offset of the first record still in the log (earlier ones were deleted by
+    /// retention).
     pub start_offset: u64,
     /// Offset after the last durable record.
     pub end_offset: u64,
-    /// Offset after the last written (maybe not yet durable) record.
+    /// Offset after the last written (maybe not yet durable) record. Records between
+    /// `end_offset` and this are not visible to readers yet, and may still be lost.
     pub written_offset: u64,
     /// Number of segment files.
     pub segments: usize,
@@ -87,12 +129,22 @@ fn now_ms() -> i64 {
 }
 
 impl Log {
-    /// Opens the log in `dir`, creating it if needed, and recovers every partition (see
-    /// the crate documentation for the rules).
+    /// Opens the log in `dir`, creating it if needed, recovers every partition (see the
+    /// crate documentation for the rules) and starts the background thread.
+    ///
+    /// This blocks for the recovery: it reads the whole last segment of every partition
+    /// and fsyncs it. Recovery **drops data**: an incomplete or invalid tail after the
+    /// partition's recovery point (a write that was never acknowledged) is truncated,
+    /// with a warning; [`recovery`](Self::recovery) says how many bytes went. It never
+    /// drops data before the recovery point: that is an error.
     ///
     /// # Errors
-    /// The configuration is invalid, the directory holds a log with another partition
-    /// count, a file cannot be read, or a sealed segment is corrupt.
+    /// [`LogError::Config`] if `config` is invalid; [`LogError::PartitionCountMismatch`]
+    /// if `dir` holds a log with another partition count; [`LogError::BadFile`] if its
+    /// `meta` file is damaged; [`LogError::Corrupt`] if a batch before a recovery point
+    /// fails its checks or is missing (run [`repair`](crate::repair)); [`LogError::Io`]
+    /// if a file or directory cannot be created, read, truncated or fsynced, or the
+    /// background thread cannot be started.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         Self::open_with_storage(dir, config, Arc::new(FsStorage))
     }
@@ -101,6 +153,9 @@ impl Log {
     ///
     /// # Errors
     /// As [`open`](Self::open).
+    // Public only for the tests in `tests/`, which inject faults or simulate crashes
+    // through a `Storage` of their own (see the re-export in lib.rs).
+    #[doc(hidden)]
     pub fn open_with_storage(
         dir: impl AsRef<Path>,
         config: LogConfig,
@@ -178,15 +233,26 @@ impl Log {
         })
     }
 
-    /// The number of partitions of the log in `dir`, from its `meta` file.
+    /// The number of partitions of the log in `dir`, from its `meta` file, without
+    /// opening it (for opening an existing log with the right
+    /// [`LogConfig::partitions`]).
+    ///
+    /// ```
+    /// use lungfish_log::{Log, LogConfig};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// assert!(Log::partitions_in(dir.path()).is_err()); // no log there yet
+    /// Log::open(dir.path(), LogConfig { partitions: 3, ..LogConfig::default() }).unwrap();
+    /// assert_eq!(Log::partitions_in(dir.path()).unwrap(), 3);
+    /// ```
     ///
     /// # Errors
-    /// `dir` holds no log, or its meta file is damaged.
+    /// [`LogError::Io`] if `dir` holds no log (no `meta` file) or it cannot be read,
+    /// [`LogError::BadFile`] if the `meta` file is damaged.
     pub fn partitions_in(dir: impl AsRef<Path>) -> Result<u32> {
         read_meta(&FsStorage, &dir.as_ref().join(META_FILE))
     }
 
-    /// The log's directory.
+    /// The log's directory, as given to [`open`](Self::open).
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
@@ -196,7 +262,7 @@ impl Log {
         &self.inner.config
     }
 
-    /// Number of partitions.
+    /// Number of partitions; valid partition numbers are `0..partitions()`.
     pub fn partitions(&self) -> u32 {
         self.inner.partitions.len() as u32
     }
@@ -211,7 +277,8 @@ impl Log {
             })
     }
 
-    /// What recovery did to each partition when the log was opened.
+    /// What recovery did to each partition when the log was opened, indexed by
+    /// partition: how many bytes of an unacknowledged tail it truncated, and why.
     pub fn recovery(&self) -> Vec<RecoveryReport> {
         self.inner
             .partitions
@@ -220,19 +287,40 @@ impl Log {
             .collect()
     }
 
-    /// Appends `batch` to `partition` and returns at once; the batch is durable when the
-    /// returned ticket resolves. The builder's records stay in it (call
-    /// [`BatchBuilder::clear`] to reuse it).
+    /// Appends `batch` to `partition` and returns without waiting for durability; the
+    /// batch is durable, and visible to readers, when the returned
+    /// [`ticket`](Appended::ticket) resolves. **Acknowledge nothing before that**: until
+    /// then a crash or a failed fsync can lose the batch. The builder's records stay in
+    /// it (call [`BatchBuilder::clear`] to reuse it).
+    ///
+    /// Appends to one partition are serialized; each is one positioned write, under a
+    /// lock. It can block on more I/O when the batch starts a new segment: the old
+    /// segment is fsynced (unless [`FsyncPolicy::Never`]) and a small snapshot file is
+    /// written and fsynced first. It never waits for space: see
+    /// [`WhenFull::Refuse`](crate::WhenFull::Refuse).
     ///
     /// With a `producer`, the append is idempotent: if `producer.seq` is not above the
     /// last sequence number of `producer.id` in this partition, nothing is written and
     /// [`Appended::duplicate`] is true.
     ///
+    /// After a failed write or fsync this call first heals the partition: it cuts off
+    /// everything after the last durable byte (those batches' tickets have failed) and
+    /// continues from there.
+    ///
     /// # Errors
-    /// [`LogError::BatchTooLarge`], [`LogError::Poisoned`] after an earlier I/O failure,
-    /// or the I/O error of this write (which poisons the partition: a torn write is cut
-    /// off by recovery on the next open). A full disk is an I/O error for which
-    /// [`LogError::is_disk_full`] is true.
+    /// Nothing was written when this fails, except after a failed write (when the
+    /// partition is healed on the next append):
+    /// * [`LogError::NoSuchPartition`];
+    /// * [`LogError::BatchTooLarge`] if the batch is larger than
+    ///   [`LogConfig::max_batch_bytes`];
+    /// * [`LogError::Config`] if `producer.id` is 0 (reserved);
+    /// * [`LogError::Full`] if [`Retention::max_bytes`](crate::Retention::max_bytes)
+    ///   would be passed with [`WhenFull::Refuse`](crate::WhenFull::Refuse): try again
+    ///   after the named consumers commit;
+    /// * [`LogError::Io`] if this write, a segment roll or the healing failed (this
+    ///   poisons the partition); a full disk is an I/O error for which
+    ///   [`LogError::is_disk_full`] is true;
+    /// * [`LogError::Corrupt`] if healing found the durable data damaged.
     pub fn append(
         &self,
         partition: u32,
@@ -290,7 +378,10 @@ impl Log {
         Ok(appended)
     }
 
-    /// A reader of `partition` positioned at `from_offset`.
+    /// A reader of `partition` positioned at `from_offset`. Creating one does no I/O.
+    /// A position before the partition's first record (deleted by retention) makes the
+    /// reader start at the first record left, with a warning; a position past the end
+    /// waits for records to arrive there. See [`PartitionReader`].
     ///
     /// # Errors
     /// [`LogError::NoSuchPartition`].
@@ -301,7 +392,8 @@ impl Log {
         ))
     }
 
-    /// Offset after the last durable record of `partition` (0 for a bad partition).
+    /// Offset after the last durable record of `partition`: readers see records up to
+    /// here. 0 for a partition that does not exist.
     pub fn end_offset(&self, partition: u32) -> u64 {
         self.part(partition)
             .map_or(0, |p| p.durable_mark().next_offset)
@@ -310,7 +402,8 @@ impl Log {
     /// Bytes `partition` can still take before appends fail with [`LogError::Full`];
     /// `None` when it never refuses (no `max_bytes`, or [`WhenFull::DeleteOldest`]).
     /// A writer that must not be refused halfway through a request checks this first,
-    /// under its own lock (other writers may append meanwhile).
+    /// under its own lock (other writers may append meanwhile). With a limit, `Some(0)`
+    /// for a partition that does not exist.
     pub fn room(&self, partition: u32) -> Option<u64> {
         let r = &self.inner.config.retention;
         match (r.max_bytes, r.when_full) {
@@ -322,12 +415,14 @@ impl Log {
         }
     }
 
-    /// The last sequence number `producer_id` appended to `partition`, if any.
+    /// The last sequence number `producer_id` appended to `partition`, if any: where a
+    /// restarted producer continues (see [`Producer`]). After a reopen it is the last
+    /// one that survived recovery. `None` also for a partition that does not exist.
     pub fn producer_seq(&self, partition: u32, producer_id: u64) -> Option<u64> {
         self.part(partition).ok()?.producer_seq(producer_id)
     }
 
-    /// Statistics of one partition.
+    /// Statistics of one partition. Does no I/O.
     ///
     /// # Errors
     /// [`LogError::NoSuchPartition`].
@@ -346,11 +441,17 @@ impl Log {
         })
     }
 
-    /// Deletes old segments as [`LogConfig::retention`] allows, now. (A background
-    /// thread also does this every second.)
+    /// Deletes old segments as [`LogConfig::retention`] allows, now, and reports what
+    /// went, per partition. The background thread also does this every second. **This
+    /// deletes data**, unread data included with
+    /// [`WhenFull::DeleteOldest`](crate::WhenFull::DeleteOldest); see
+    /// [`Retention`](crate::Retention) for which. Blocks for the file removals and a
+    /// directory fsync per partition.
     ///
     /// # Errors
-    /// A segment could not be removed, or the consumers' offsets could not be read.
+    /// [`LogError::Io`] if a segment could not be removed (segments removed before it
+    /// stay removed) or the consumers' offsets could not be listed or read;
+    /// [`LogError::BadFile`] if an offsets file is damaged.
     pub fn apply_retention(&self) -> Result<Vec<RetentionReport>> {
         retention(
             &self.inner.partitions,
@@ -361,16 +462,20 @@ impl Log {
     }
 
     /// The offset of the first record of `partition` appended at or after `time_ms`
-    /// (milliseconds since the Unix epoch); the end offset if none was. For replaying
-    /// from a point in time with [`reset_offsets`](Self::reset_offsets).
+    /// (milliseconds since the Unix epoch, by the wall clock at append); the end offset
+    /// if none was. For replaying from a point in time with
+    /// [`reset_offsets`](Self::reset_offsets). Reads batch headers from disk: it blocks
+    /// for up to one segment's worth of header reads.
     ///
     /// # Errors
-    /// [`LogError::NoSuchPartition`], or a segment cannot be read.
+    /// [`LogError::NoSuchPartition`]; [`LogError::Io`] if a segment cannot be read;
+    /// [`LogError::Corrupt`] if a batch header in it is damaged.
     pub fn offset_for_time(&self, partition: u32, time_ms: i64) -> Result<u64> {
         self.part(partition)?.offset_for_time(time_ms)
     }
 
-    /// The segments of `partition`, oldest first.
+    /// The segments of `partition`, oldest first. Reads the first batch header of each
+    /// segment (for its append time).
     ///
     /// # Errors
     /// [`LogError::NoSuchPartition`].
@@ -388,10 +493,15 @@ impl Log {
             .collect())
     }
 
-    /// Makes everything appended so far durable now, whatever the policy.
+    /// Makes everything appended so far durable now, whatever the policy, and resolves
+    /// the tickets of those appends. Blocks for an fsync of every partition that has
+    /// something to sync.
     ///
     /// # Errors
-    /// The first fsync failure.
+    /// The first failure, after trying every partition: [`LogError::Io`] if an fsync
+    /// failed (the partition is poisoned, and its unsynced batches are lost), or
+    /// [`LogError::Poisoned`] if a partition was poisoned already and has not been healed
+    /// by an append since.
     pub fn sync(&self) -> Result<()> {
         let mut first = None;
         for p in &self.inner.partitions {
@@ -402,12 +512,26 @@ impl Log {
         first.map_or(Ok(()), Err)
     }
 
-    /// Durably records `consumer`'s offsets for the listed partitions (others keep theirs).
+    /// Durably records `consumer`'s offsets for the listed partitions (others keep
+    /// theirs), with a small metadata blob each. An offset is the offset of the next
+    /// record to process: after processing a chunk, commit its
+    /// [`next_offset`](crate::Chunk::next_offset). The commit is atomic across the
+    /// listed partitions and durable when this returns: it blocks for a file write, an
+    /// fsync, a rename and a directory fsync.
+    ///
+    /// Committing makes `consumer` one that retention waits for, in every partition (see
+    /// [`Retention`](crate::Retention)). Consumer names are file names: ASCII letters,
+    /// digits, `-`, `_` and `.`, not starting with `.`, at most 200 bytes.
     ///
     /// # Errors
-    /// [`LogError::OffsetRegression`] if an offset would go backwards,
-    /// [`LogError::OffsetPastEnd`] past the durable end, an invalid name or an I/O error.
-    /// On error nothing is changed.
+    /// On error nothing is changed:
+    /// * [`LogError::OffsetRegression`] if an offset would go backwards (use
+    ///   [`reset_offsets`](Self::reset_offsets) to replay);
+    /// * [`LogError::OffsetPastEnd`] if an offset is past the partition's durable end;
+    /// * [`LogError::NoSuchPartition`]; [`LogError::InvalidConsumerName`];
+    /// * [`LogError::Config`] if a metadata blob is over 64 KiB;
+    /// * [`LogError::BadFile`] if the consumer's offsets file is damaged;
+    /// * [`LogError::Io`] if the offsets file cannot be read or written.
     pub fn commit(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
         let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
         self.inner
@@ -418,10 +542,11 @@ impl Log {
     }
 
     /// Moves `consumer`'s offsets anywhere, backwards included (for replay). Offsets
-    /// past the end are refused.
+    /// past the end are refused. Records before the partition's first offset are gone:
+    /// a reader from such an offset starts at the first record left.
     ///
     /// # Errors
-    /// As [`commit`](Self::commit), without the backwards check.
+    /// As [`commit`](Self::commit), without [`LogError::OffsetRegression`].
     pub fn reset_offsets(&self, consumer: &str, entries: &[OffsetCommit<'_>]) -> Result<()> {
         let ends: Vec<u64> = (0..self.partitions()).map(|p| self.end_offset(p)).collect();
         self.inner
@@ -431,36 +556,43 @@ impl Log {
             .commit(&*self.inner.storage, consumer, entries, &ends, false)
     }
 
-    /// `consumer`'s committed offsets, per partition (`None` where it never committed).
+    /// `consumer`'s committed offsets, indexed by partition (`None` where it never
+    /// committed; all `None` for a consumer that never committed at all).
     ///
     /// # Errors
-    /// An invalid name, or an unreadable or damaged offsets file.
+    /// [`LogError::InvalidConsumerName`]; [`LogError::Io`] if the offsets file cannot be
+    /// read; [`LogError::BadFile`] if it is damaged.
     pub fn committed(&self, consumer: &str) -> Result<ConsumerOffsets> {
         self.inner
             .offsets
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&*self.inner.storage, consumer)
     }
 
-    /// Names of the consumers that have committed offsets.
+    /// Names of the consumers that have committed offsets, sorted. These are the
+    /// consumers retention waits for. There is no call to remove one: delete its file
+    /// `DIR/consumers/NAME.offsets` while the log is closed.
     ///
     /// # Errors
-    /// The consumers directory cannot be listed.
+    /// [`LogError::Io`] if the consumers directory cannot be listed.
     pub fn consumers(&self) -> Result<Vec<String>> {
         self.inner
             .offsets
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .consumers(&*self.inner.storage)
     }
 
-    /// Stops the flusher, makes everything durable and wakes all waiters. Other clones
-    /// keep working for reads; further appends are still accepted but only made
-    /// durable by [`sync`](Self::sync).
+    /// Stops the background thread, makes everything durable (blocking for the fsyncs,
+    /// whatever the policy) and wakes all waiters: tickets not durable by then fail with
+    /// [`LogError::Closed`], and [`PartitionReader::wait`] returns `false`. This affects
+    /// every clone. Reads keep working; further appends are still accepted but only made
+    /// durable by [`sync`](Self::sync), and retention no longer runs by itself.
     ///
     /// # Errors
-    /// The final fsync failed.
+    /// As [`sync`](Self::sync): the final fsync failed, and what it covered is not
+    /// durable.
     pub fn close(&self) -> Result<()> {
         self.inner.stop_flusher();
         let result = self.sync();

@@ -15,27 +15,31 @@ use crate::{LogError, Result};
 const MAGIC: &[u8; 4] = b"LFO1";
 const SUFFIX: &str = ".offsets";
 
-/// A consumer's committed position in one partition.
+/// A consumer's committed position in one partition, as
+/// [`Log::committed`](crate::Log::committed) returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommittedOffset {
-    /// The offset of the next record the consumer will process.
+    /// The offset of the next record the consumer will process: resume reading here.
     pub offset: u64,
-    /// Opaque data stored with the offset (at most 64 KiB).
+    /// Opaque data stored with the offset (at most 64 KiB), committed atomically with it.
     pub metadata: Vec<u8>,
 }
 
-/// One entry of a commit.
+/// One entry of a [`Log::commit`](crate::Log::commit) or
+/// [`Log::reset_offsets`](crate::Log::reset_offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetCommit<'a> {
     /// The partition.
     pub partition: u32,
-    /// The offset of the next record to process.
+    /// The offset of the next record to process (not the last one processed): after
+    /// processing a chunk, its [`next_offset`](crate::Chunk::next_offset).
     pub offset: u64,
-    /// Opaque data to store with it.
+    /// Opaque data to store with it, at most 64 KiB (`b""` for none).
     pub metadata: &'a [u8],
 }
 
-/// Per partition, the committed offset if any.
+/// A consumer's committed offsets, indexed by partition: `None` where it never
+/// committed.
 pub type ConsumerOffsets = Vec<Option<CommittedOffset>>;
 
 #[derive(Debug)]
@@ -61,7 +65,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 }
 
 impl OffsetStore {
-    pub fn open(storage: &dyn Storage, dir: PathBuf, partitions: u32) -> Result<Self> {
+    pub(crate) fn open(storage: &dyn Storage, dir: PathBuf, partitions: u32) -> Result<Self> {
         storage
             .create_dir_all(&dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
@@ -77,7 +81,7 @@ impl OffsetStore {
     }
 
     /// Names of the consumers with committed offsets.
-    pub fn consumers(&self, storage: &dyn Storage) -> Result<Vec<String>> {
+    pub(crate) fn consumers(&self, storage: &dyn Storage) -> Result<Vec<String>> {
         let mut names: Vec<String> = storage
             .list_dir(&self.dir)
             .map_err(|e| LogError::io("list directory", &self.dir, e))?
@@ -89,7 +93,7 @@ impl OffsetStore {
         Ok(names)
     }
 
-    pub fn get(&mut self, storage: &dyn Storage, name: &str) -> Result<ConsumerOffsets> {
+    pub(crate) fn get(&mut self, storage: &dyn Storage, name: &str) -> Result<ConsumerOffsets> {
         check_name(name)?;
         if let Some(v) = self.cache.get(name) {
             return Ok(v.clone());
@@ -106,7 +110,7 @@ impl OffsetStore {
 
     /// Commits `entries`, keeping the other partitions' offsets. With `check`, refuses
     /// to move any offset backwards or past `ends`.
-    pub fn commit(
+    pub(crate) fn commit(
         &mut self,
         storage: &dyn Storage,
         name: &str,

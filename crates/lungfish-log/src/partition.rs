@@ -93,7 +93,11 @@ pub(crate) struct DurableState {
     pub closed: bool,
 }
 
-/// What recovery found when the partition was opened.
+/// What recovery did to one partition when the log was opened; see
+/// [`Log::recovery`](crate::Log::recovery). A non-zero `truncated_bytes` means data was
+/// dropped: the tail of a write that was never acknowledged (torn by a crash), or, with
+/// [`FsyncPolicy::Never`], possibly acknowledged records lost to an operating-system
+/// crash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Bytes cut from the end of the last segment (an incomplete or invalid tail).
@@ -102,7 +106,8 @@ pub struct RecoveryReport {
     pub reason: Option<String>,
 }
 
-/// What retention did to one partition.
+/// What retention did to one partition; see
+/// [`Log::apply_retention`](crate::Log::apply_retention).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
     /// The partition.
@@ -111,8 +116,9 @@ pub struct RetentionReport {
     pub deleted_segments: usize,
     /// Bytes freed.
     pub deleted_bytes: u64,
-    /// Consumers that had not read everything deleted (only with
-    /// [`WhenFull::DeleteOldest`]), with the offset they had reached.
+    /// Consumers that lost records they had not read (only with
+    /// [`WhenFull::DeleteOldest`]), with their committed offset: the records from there
+    /// to `start_offset` are gone.
     pub lost: Vec<(String, u64)>,
     /// The partition's first offset afterwards.
     pub start_offset: u64,
@@ -139,24 +145,55 @@ pub(crate) struct Partition {
     pub recovery: RecoveryReport,
 }
 
-/// The result of an append.
+/// The result of [`Log::append`](crate::Log::append): where the batch went, and the
+/// ticket that says when it is durable.
 #[derive(Debug, Clone)]
 pub struct Appended {
     /// The partition appended to.
     pub partition: u32,
-    /// Offset of the first record of the batch.
+    /// Offset of the first record of the batch. For a duplicate, the partition's current
+    /// end (the offsets of the earlier append are not known).
     pub base_offset: u64,
-    /// Offset after the last record of the batch.
+    /// Offset after the last record of the batch. For a duplicate, equal to
+    /// `base_offset`.
     pub next_offset: u64,
     /// True if the producer's sequence number was not above its last one: nothing was
-    /// written, and the ticket becomes durable with the data already in the log.
+    /// written, and the ticket resolves once everything written to the partition so far
+    /// is durable (the earlier append included).
     pub duplicate: bool,
-    /// Resolves once the batch is durable under the fsync policy.
+    /// Resolves once the batch is durable under the fsync policy. Wait on it before
+    /// acknowledging the batch.
     pub ticket: DurableTicket,
 }
 
 /// A claim on durability: resolves once the log's durable mark has reached the end of
 /// an appended batch. Acknowledge a batch to its sender only after this resolves.
+///
+/// Once a ticket says `Ok` (the batch is durable and readers can see it) or
+/// [`LogError::Poisoned`] (the batch is lost), that answer is final: a lost batch is
+/// never reported durable, even if later batches reach the same file position. Cheap
+/// to clone; it
+/// holds its partition (and so its open files) until dropped, so do not keep tickets
+/// around after they resolved.
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, FsyncPolicy, Log, LogConfig};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let config = LogConfig {
+///     fsync: FsyncPolicy::Every(Duration::from_millis(50)),
+///     ..LogConfig::default()
+/// };
+/// let log = Log::open(dir.path(), config).unwrap();
+/// let mut batch = BatchBuilder::new();
+/// batch.push(b"payment 9");
+/// let ticket = log.append(1, &mut batch, None).unwrap().ticket;
+/// // Written, but not acknowledged until the next fsync (at most 50 ms away here).
+/// ticket.wait(Duration::from_secs(5)).unwrap();
+/// assert!(ticket.is_durable());
+/// assert_eq!(log.end_offset(1), 1);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DurableTicket {
     part: Arc<Partition>,
@@ -165,7 +202,7 @@ pub struct DurableTicket {
 }
 
 impl DurableTicket {
-    /// True if the batch is durable.
+    /// True if the batch is durable now. Does not block (beyond a short lock).
     pub fn is_durable(&self) -> bool {
         matches!(
             self.part
@@ -174,21 +211,26 @@ impl DurableTicket {
         )
     }
 
-    /// Blocks until the batch is durable.
+    /// Blocks the thread until the batch is durable, at most for `timeout`.
     ///
     /// # Errors
-    /// The write or fsync failed ([`LogError::Io`] or [`LogError::Poisoned`]): the batch
-    /// is not durable and never will be (append it again); the log was closed first; or
-    /// `timeout` passed ([`LogError::Timeout`]).
+    /// * [`LogError::Poisoned`]: the write or an fsync failed; the batch is not durable
+    ///   and never will be (append it again);
+    /// * [`LogError::Closed`]: the log was closed (or dropped) before the batch became
+    ///   durable;
+    /// * [`LogError::Timeout`]: `timeout` passed. The batch may still become durable;
+    ///   waiting again is safe.
     pub fn wait(&self, timeout: Duration) -> Result<()> {
         self.part
             .wait_durable_blocking(self.mark, self.epoch, timeout)
     }
 
-    /// Waits until the batch is durable.
+    /// Waits until the batch is durable, without blocking the thread. Needs no
+    /// particular async runtime.
     ///
     /// # Errors
-    /// As [`wait`](Self::wait), without the timeout: wrap it in one.
+    /// As [`wait`](Self::wait), without [`LogError::Timeout`]: this has no timeout of its
+    /// own, so wrap it in one (`tokio::time::timeout`).
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future only stops the wait, the batch stays appended.
@@ -286,7 +328,7 @@ fn list_segments(storage: &dyn Storage, dir: &Path) -> Result<Vec<u64>> {
 
 impl Partition {
     /// Opens (or creates) the partition in `dir`, recovering its tail.
-    pub fn open(
+    pub(crate) fn open(
         id: u32,
         dir: PathBuf,
         storage: Arc<dyn Storage>,
@@ -506,7 +548,7 @@ impl Partition {
     }
 
     /// Appends a batch; see [`crate::Log::append`].
-    pub fn append(
+    pub(crate) fn append(
         self: &Arc<Self>,
         batch: &mut BatchBuilder,
         producer: Option<Producer>,
@@ -650,7 +692,7 @@ impl Partition {
 
     /// Marks the partition failed (after a panic in a write or fsync): waiting tickets
     /// fail and the next append heals it.
-    pub fn fail(&self, reason: &str) {
+    pub(crate) fn fail(&self, reason: &str) {
         let mut w = self.writer();
         let err = LogError::Poisoned {
             partition: self.id,
@@ -782,7 +824,7 @@ impl Partition {
 
     /// Makes everything written so far durable. Called by the flusher; safe to call
     /// concurrently (the durable mark only moves forward).
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         let _serial = lock(&self.sync_lock);
         let (file, mark, dir_dirty, epoch) = {
             let mut w = self.writer();
@@ -842,14 +884,14 @@ impl Partition {
     }
 
     /// Records the current durable mark as the recovery point now (on close).
-    pub fn write_recovery_point(&self) {
+    pub(crate) fn write_recovery_point(&self) {
         lock(&self.recovery_point).1 = None;
         let mark = lock(&self.durable).mark;
         self.maybe_write_recovery_point(mark);
     }
 
     /// True if bytes were written that are not durable yet.
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         let w = self.writer();
         w.poisoned.is_none() && lock(&self.durable).mark < w.mark()
     }
@@ -865,7 +907,7 @@ impl Partition {
     }
 
     /// Marks the partition closed: waiters wake up with [`LogError::Closed`].
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         lock(&self.durable).closed = true;
         self.durable_cond.notify_all();
         self.durable_notify.notify_waiters();
@@ -895,7 +937,12 @@ impl Partition {
         }
     }
 
-    pub fn wait_durable_blocking(&self, target: Mark, epoch: u64, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_durable_blocking(
+        &self,
+        target: Mark,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut d = lock(&self.durable);
         loop {
@@ -914,7 +961,7 @@ impl Partition {
         }
     }
 
-    pub async fn wait_durable(&self, target: Mark, epoch: u64) -> Result<()> {
+    pub(crate) async fn wait_durable(&self, target: Mark, epoch: u64) -> Result<()> {
         loop {
             let notified = self.durable_notify.notified();
             tokio::pin!(notified);
@@ -928,7 +975,7 @@ impl Partition {
 
     /// Waits until the durable end passes `offset` (there is a record at `offset` to
     /// read), or `timeout` passes. Returns true if there is data.
-    pub fn wait_for_offset_blocking(&self, offset: u64, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_offset_blocking(&self, offset: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut d = lock(&self.durable);
         loop {
@@ -952,7 +999,7 @@ impl Partition {
 
     /// Async form of [`wait_for_offset_blocking`](Self::wait_for_offset_blocking),
     /// without a timeout (wrap it in one). Cancel safe.
-    pub async fn wait_for_offset(&self, offset: u64) -> bool {
+    pub(crate) async fn wait_for_offset(&self, offset: u64) -> bool {
         loop {
             let notified = self.durable_notify.notified();
             tokio::pin!(notified);
@@ -971,43 +1018,43 @@ impl Partition {
     }
 
     /// The durable mark.
-    pub fn durable_mark(&self) -> Mark {
+    pub(crate) fn durable_mark(&self) -> Mark {
         lock(&self.durable).mark
     }
 
     /// The offset after the last written (not necessarily durable) record.
-    pub fn written_end(&self) -> u64 {
+    pub(crate) fn written_end(&self) -> u64 {
         self.writer().next_offset
     }
 
     /// Bytes in all segments.
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.writer().total_bytes
     }
 
     /// The last sequence number of `producer_id` in this partition.
-    pub fn producer_seq(&self, producer_id: u64) -> Option<u64> {
+    pub(crate) fn producer_seq(&self, producer_id: u64) -> Option<u64> {
         self.writer().producers.get(&producer_id).copied()
     }
 
     /// The current segment list.
-    pub fn segments(&self) -> Arc<Vec<SegmentInfo>> {
+    pub(crate) fn segments(&self) -> Arc<Vec<SegmentInfo>> {
         self.segments
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub fn storage(&self) -> &dyn Storage {
+    pub(crate) fn storage(&self) -> &dyn Storage {
         &*self.storage
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The append time of the first batch of `segment`, if it has one.
-    pub fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
+    pub(crate) fn first_append_time(&self, segment: &SegmentInfo) -> Option<i64> {
         let file = self.storage.open_read(&segment.path).ok()?;
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, 0).ok()?;
@@ -1021,7 +1068,7 @@ impl Partition {
     ///
     /// # Errors
     /// A segment cannot be read.
-    pub fn offset_for_time(&self, time_ms: i64) -> Result<u64> {
+    pub(crate) fn offset_for_time(&self, time_ms: i64) -> Result<u64> {
         let segments = self.segments();
         let end = self.durable_mark();
         // The segment to search: the last whose first batch is not after `time_ms`.
@@ -1067,7 +1114,7 @@ impl Partition {
     ///
     /// # Errors
     /// A file could not be removed; segments removed before the failure stay removed.
-    pub fn apply_retention(
+    pub(crate) fn apply_retention(
         &self,
         consumers: &[(String, u64)],
         now_ms: i64,
@@ -1163,7 +1210,7 @@ impl Partition {
 
     /// Finds the position of the batch holding `offset` in segment `seg` (see
     /// [`find_position`]).
-    pub fn position_of(&self, seg: &SegmentInfo, offset: u64) -> Result<u64> {
+    pub(crate) fn position_of(&self, seg: &SegmentInfo, offset: u64) -> Result<u64> {
         let file = self
             .storage
             .open_read(&seg.path)

@@ -18,11 +18,47 @@ struct Cursor {
     pos: u64,
 }
 
-/// Reads one partition forward from an offset. Only durable batches are returned.
+/// Reads one partition forward from an offset, from [`Log::reader`](crate::Log::reader).
+/// Only durable batches are returned, in offset order, whole.
 ///
 /// Memory is bounded: a read holds at most `max_bytes` (or one batch, if a single batch
-/// is larger) whatever the backlog. Every batch is verified (magic, length, CRC32C)
-/// before its records are handed out.
+/// is larger) whatever the backlog. The reader keeps its buffer (as large as its largest
+/// read) and the current segment file open until it is dropped; a segment retention
+/// deleted meanwhile keeps its disk space until the reader moves past it. Every batch
+/// is verified (magic, length, CRC32C) before its records are handed out.
+///
+/// A reader never skips damaged data (it fails with [`LogError::Corrupt`]), but it does
+/// skip **missing** data: if the records at its position were deleted by retention or
+/// set aside by [`repair`](crate::repair), it moves on to the first record left, with a
+/// warning. Compare [`Chunk::records`] offsets with what you expected if that matters.
+///
+/// A reader does not commit anything: commit with
+/// [`Log::commit`](crate::Log::commit) after processing.
+///
+/// ```
+/// use lungfish_log::{BatchBuilder, Log, LogConfig};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let mut reader = log.reader(2, 0).unwrap();
+/// assert!(reader.read(4096).unwrap().is_empty()); // nothing yet
+/// assert!(!reader.wait(Duration::from_millis(1))); // and nothing arrives
+///
+/// for text in [&b"one"[..], b"two", b"three"] {
+///     let mut batch = BatchBuilder::new();
+///     batch.push(text);
+///     let ticket = log.append(2, &mut batch, None).unwrap().ticket;
+///     ticket.wait(Duration::from_secs(5)).unwrap();
+/// }
+/// reader.seek(1); // start at the second record
+/// assert!(reader.wait(Duration::from_secs(5)));
+/// let chunk = reader.read(4096).unwrap();
+/// let got: Vec<(u64, &[u8])> = chunk.records().collect();
+/// assert_eq!(got, [(1, &b"two"[..]), (2, &b"three"[..])]);
+/// assert_eq!((chunk.record_count(), chunk.next_offset()), (2, 3));
+/// assert_eq!(reader.position(), 3);
+/// ```
 #[derive(Debug)]
 pub struct PartitionReader {
     part: Arc<Partition>,
@@ -32,7 +68,8 @@ pub struct PartitionReader {
     frames: Vec<(usize, usize)>,
 }
 
-/// Whole batches read by one [`PartitionReader::read`] call.
+/// Whole batches read by one [`PartitionReader::read`] call. It borrows the reader's
+/// buffer, so drop it before the next read.
 #[derive(Debug)]
 pub struct Chunk<'a> {
     buf: &'a [u8],
@@ -53,13 +90,15 @@ impl<'a> Chunk<'a> {
         self.buf.len()
     }
 
-    /// The offset after the last record of the chunk: where the next read starts.
+    /// The offset after the last record of the chunk: where the next read starts, and
+    /// the offset to commit once the chunk is processed.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
     }
 
     /// The batches, in order. The first may start before the reader's position; use
     /// [`records`](Self::records) to get exactly the records from the position on.
+    /// Each call verifies the batches' CRC32C again.
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'a>> + '_ {
         let buf = self.buf;
         let max = self.max_batch;
@@ -70,6 +109,8 @@ impl<'a> Chunk<'a> {
     }
 
     /// The records at or after the reader's position, with their offsets, in order.
+    /// Offsets are consecutive within the chunk unless records were missing (see
+    /// [`PartitionReader`]). Each call verifies the batches' CRC32C again.
     pub fn records(&self) -> impl Iterator<Item = (u64, &'a [u8])> + '_ {
         let from = self.from_offset;
         self.batches()
@@ -77,7 +118,7 @@ impl<'a> Chunk<'a> {
             .filter(move |(offset, _)| *offset >= from)
     }
 
-    /// Number of records at or after the reader's position.
+    /// Number of records [`records`](Self::records) yields, without iterating them.
     pub fn record_count(&self) -> u64 {
         self.next_offset - self.from_offset
     }
@@ -99,45 +140,67 @@ impl PartitionReader {
         self.part.id
     }
 
-    /// The offset of the next record to read.
+    /// The offset of the next record to read: after a read, the chunk's
+    /// [`next_offset`](Chunk::next_offset).
     pub fn position(&self) -> u64 {
         self.next_offset
     }
 
-    /// Moves the reader to `offset`.
+    /// Moves the reader to `offset`, backwards or forwards. Does no I/O; the next read
+    /// finds the batch holding `offset`.
     pub fn seek(&mut self, offset: u64) {
         self.next_offset = offset;
         self.cursor = None;
     }
 
-    /// The durable end offset of the partition: how far there is data to read.
+    /// The durable end offset of the partition: how far there is data to read. Same as
+    /// [`Log::end_offset`](crate::Log::end_offset).
     pub fn end_offset(&self) -> u64 {
         self.part.durable_mark().next_offset
     }
 
-    /// Blocks until there is a record at the reader's position or `timeout` passes.
-    /// Returns true if there is one.
+    /// Blocks the thread until there is a durable record at the reader's position, at
+    /// most for `timeout`. Returns true if there is one; false on timeout, or at once if
+    /// the log was closed.
     pub fn wait(&self, timeout: Duration) -> bool {
         self.part
             .wait_for_offset_blocking(self.next_offset, timeout)
     }
 
-    /// Waits until there is a record at the reader's position. Cancel safe; has no
-    /// timeout of its own.
+    /// Waits, without blocking the thread, until there is a durable record at the
+    /// reader's position; true if there is one, false if the log was closed. Cancel
+    /// safe. It has **no timeout** of its own: wrap it in one (`tokio::time::timeout`).
+    /// Needs no particular async runtime.
     pub async fn wait_async(&self) -> bool {
         self.part.wait_for_offset(self.next_offset).await
     }
 
     /// Reads whole durable batches from the reader's position, up to about `max_bytes`
-    /// (at least one batch if any is available). Returns an empty chunk at the end.
+    /// (at least one batch if any is available), and moves the position past them.
+    /// Returns an empty chunk at the end; it does not wait for data (see
+    /// [`wait`](Self::wait)). Blocks for the file reads.
     ///
     /// # Errors
-    /// I/O errors, and [`LogError::Corrupt`] if a batch fails its checks: the reader
-    /// never skips past bad data.
+    /// A failed read hands out nothing and moves the position past no record that is
+    /// still in the log, so it can be retried.
+    /// * [`LogError::Corrupt`] if a batch fails its checks: the reader never skips past
+    ///   damaged data (see [`repair`](crate::repair));
+    /// * [`LogError::Io`] if a segment cannot be opened or read;
+    /// * [`LogError::BadFile`] if segments kept disappearing under the reader (retention
+    ///   racing it on a tiny log); retry.
     pub fn read(&mut self, max_bytes: usize) -> Result<Chunk<'_>> {
         self.frames.clear();
         let from = self.next_offset;
         let read_end = self.fill(max_bytes.max(HEADER_LEN))?;
+        // If records at the position were deleted (retention) or set aside (repair), the
+        // reader jumped forward: the chunk starts at its first batch, not at `from`.
+        let from = match self.frames.first() {
+            Some(&(start, len)) => {
+                decode_header(&self.buf[start..start + len], self.part.max_batch)
+                    .map_or(from, |h| from.max(h.base_offset))
+            }
+            None => self.next_offset,
+        };
         Ok(Chunk {
             buf: &self.buf[..read_end],
             frames: &self.frames,
@@ -245,6 +308,9 @@ impl PartitionReader {
         let cursor = self.cursor.as_mut().unwrap();
         let available = (end - cursor.pos) as usize;
         let mut want = available.min(max_bytes);
+        // The position moves only when the whole read succeeds: after an error the same
+        // read can be retried, and no record before the error is passed over.
+        let mut next_offset = self.next_offset;
         loop {
             // Only ever grow: zero-filling a buffer on every read costs more than the read.
             if self.buf.len() < want {
@@ -259,7 +325,7 @@ impl PartitionReader {
                 match BatchView::decode(&self.buf[at..want], max_batch) {
                     Ok(view) => {
                         let len = view.frame_len();
-                        self.next_offset = self.next_offset.max(view.header().next_offset());
+                        next_offset = next_offset.max(view.header().next_offset());
                         self.frames.push((at, len));
                         at += len;
                     }
@@ -308,6 +374,7 @@ impl PartitionReader {
                 continue;
             }
             cursor.pos += at as u64;
+            self.next_offset = next_offset;
             return Ok(at);
         }
     }

@@ -84,7 +84,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(dir: &Path, last: Option<RecoveryPoint>) -> Self {
+    pub(crate) fn new(dir: &Path, last: Option<RecoveryPoint>) -> Self {
         Writer {
             path: dir.join(FILE),
             file: None,
@@ -94,7 +94,12 @@ impl Writer {
 
     /// Durably records that everything before `position` of segment `seg_base` is
     /// durable. Call only after that data was fsynced.
-    pub fn write(&mut self, storage: &dyn Storage, seg_base: u64, position: u64) -> Result<()> {
+    pub(crate) fn write(
+        &mut self,
+        storage: &dyn Storage,
+        seg_base: u64,
+        position: u64,
+    ) -> Result<()> {
         let file = match &self.file {
             Some(f) => f.clone(),
             None => {

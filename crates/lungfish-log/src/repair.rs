@@ -19,7 +19,7 @@ use crate::{LogError, Result};
 /// anything this large is damage).
 const MAX_PLAUSIBLE_BATCH: usize = 1 << 30;
 
-/// One damaged segment and what was done about it.
+/// One damaged segment and what [`repair`] did about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
     /// The partition.
@@ -32,7 +32,7 @@ pub struct Damage {
     pub reason: String,
     /// Bytes moved aside.
     pub bytes_moved: u64,
-    /// Where they were moved.
+    /// Where they were moved (empty if nothing could be moved: the bytes were missing).
     pub moved_to: PathBuf,
     /// The first offset lost.
     pub first_lost_offset: u64,
@@ -41,7 +41,8 @@ pub struct Damage {
     pub end_lost_offset: Option<u64>,
 }
 
-/// What [`repair`] found and did.
+/// What [`repair`] found and did. An empty `damaged` means the log verified clean and
+/// nothing was changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepairReport {
     /// Segments checked.
@@ -52,12 +53,38 @@ pub struct RepairReport {
     pub damaged: Vec<Damage>,
 }
 
-/// Verifies every batch of the log in `dir` and moves damaged tails aside. A torn tail
-/// of the last segment (an interrupted write) is cut the same way; opening the log would
-/// also cut it, but only past the recovery point.
+/// Verifies every batch of the log in `dir` and moves damaged tails aside, so that a log
+/// [`Log::open`](crate::Log::open) refuses with [`LogError::Corrupt`] opens again.
+///
+/// This **drops data from the log**: from the first bad batch of a segment, the rest of
+/// that segment is cut off (kept in `DIR/damaged/`, not deleted) and the offsets lost
+/// are reported. Later segments stay; readers skip the gap with a warning. A torn tail
+/// of the last segment (an interrupted write) is cut the same way; opening the log
+/// would also cut it, but only past the recovery point.
+///
+/// Run it only on a log no process has open: nothing stops it from running beside an
+/// open [`Log`](crate::Log), which would then lose track of its files. It blocks for a
+/// full read of every segment.
+///
+/// ```
+/// use lungfish_log::{repair, BatchBuilder, Log, LogConfig};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+/// let mut batch = BatchBuilder::new();
+/// batch.push(b"x");
+/// log.append(0, &mut batch, None).unwrap();
+/// log.close().unwrap();
+/// drop(log);
+/// let report = repair(dir.path()).unwrap();
+/// assert!(report.damaged.is_empty()); // intact: nothing changed
+/// assert_eq!(report.batches_ok, 1);
+/// ```
 ///
 /// # Errors
-/// The directory is not a log, or a file cannot be read, written or moved.
+/// [`LogError::Io`] if `dir` holds no log or a file cannot be read, written, cut or
+/// fsynced; [`LogError::BadFile`] if its `meta` file is damaged. Damage found is not an
+/// error: it is in the report. Segments repaired before an error stay repaired.
 pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
     repair_with_storage(dir.as_ref(), Arc::new(FsStorage))
 }
@@ -66,7 +93,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport> {
 ///
 /// # Errors
 /// As [`repair`].
-pub fn repair_with_storage(dir: &Path, storage: Arc<dyn Storage>) -> Result<RepairReport> {
+pub(crate) fn repair_with_storage(dir: &Path, storage: Arc<dyn Storage>) -> Result<RepairReport> {
     let partitions = crate::log::read_meta(&*storage, &dir.join("meta"))?;
     let mut report = RepairReport::default();
     let damaged_dir = dir.join("damaged");

@@ -120,6 +120,10 @@ fn a_consumer_behind_retention_jumps_to_the_first_record_left() {
         "reading from a deleted offset starts at the first record left"
     );
     assert_eq!(got.len() as u64, end - start);
+    // The chunk that jumps the gap counts the records it holds, not the deleted ones.
+    let mut reader = log.reader(0, 0).unwrap();
+    let chunk = reader.read(1 << 20).unwrap();
+    assert_eq!(chunk.record_count(), chunk.records().count() as u64);
 }
 
 #[test]
@@ -379,13 +383,20 @@ fn damage_in_a_sealed_segment_is_an_error_until_repair_and_then_a_skipped_gap() 
     let log = Log::open(dir.path(), config(Retention::default())).unwrap();
     let mut reader = log.reader(0, 0).unwrap();
     let err = loop {
+        let before = reader.position();
         match reader.read(1 << 20) {
             Ok(c) if c.is_empty() => panic!("the damage went unnoticed"),
             Ok(_) => {}
-            Err(e) => break e,
+            Err(e) => {
+                assert_eq!(reader.position(), before, "a failed read moves the reader");
+                break e;
+            }
         }
     };
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    // The records before the damage are still there for the same reader.
+    let chunk = reader.read(1).unwrap();
+    assert_eq!(chunk.records().next().map(|(o, _)| o), Some(0));
     drop(reader);
     drop(log);
     let report = lungfish_log::repair(dir.path()).unwrap();
