@@ -13,10 +13,24 @@ fn examples_dir() -> PathBuf {
 
 fn run(name: &str) {
     let path = examples_dir().join(name);
+    // `cargo test` builds the examples first; a run that selects targets
+    // (`--test examples`) does not, and would run a missing or stale binary.
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} is missing ({e}): run `cargo test -p lungfish`, or `cargo build -p lungfish --examples` first",
+                path.display()
+            )
+        });
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{name}.rs"));
+    let edited = std::fs::metadata(&source).unwrap().modified().unwrap();
     assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples (cargo build -p lungfish --examples)",
-        path.display()
+        built >= edited,
+        "{} is older than {}: run `cargo build -p lungfish --examples` first",
+        path.display(),
+        source.display()
     );
     let mut child = Command::new(&path)
         .stdout(std::process::Stdio::piped())
