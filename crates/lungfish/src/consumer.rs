@@ -604,8 +604,7 @@ impl Consumer {
                 return Ok(());
             }
             if self.control.is_stopping() {
-                self.flush(false);
-                return self.finish();
+                return self.close(false);
             }
             let chunk = reader.read(self.settings.read_bytes)?;
             if chunk.is_empty() {
@@ -720,6 +719,11 @@ impl Consumer {
     /// The dead-letter queue failed.
     pub fn close(&mut self, close_all: bool) -> Result<(), LogError> {
         self.blocking = true;
+        // With state checkpoints only they are committed: the last marker may have
+        // been a plain one, and a stop must still commit through what it processed.
+        if self.settings.state.is_some() {
+            self.force_state = true;
+        }
         self.flush(close_all);
         self.finish()
     }
