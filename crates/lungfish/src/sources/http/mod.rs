@@ -999,7 +999,7 @@ async fn take(
                 unavailable(
                     shared,
                     "not_durable",
-                    "the events were not durable within ack_timeout; retrying may duplicate some of them unless an Idempotency-Key is sent",
+                    "the events were not durable within ack_timeout; some may be in the log anyway, so a retry may duplicate them (even with the same Idempotency-Key: this answer is not kept); events with ids and dedup_horizon drop such duplicates",
                 ),
                 false,
             );
