@@ -79,6 +79,16 @@ enum BenchWhat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print a listing end quietly when their reader goes away
+    // (`lungfish log inspect ... | head`), as Unix tools do, instead of panicking on
+    // a closed pipe. `run` keeps Rust's default: a stdout sink whose reader left gets
+    // an error it reports, and the pipeline stops gracefully.
+    if matches!(
+        cli.command,
+        Command::Dlq(_) | Command::Log(_) | Command::Generate(_) | Command::Config(_)
+    ) {
+        restore_default_sigpipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("LUNGFISH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -106,5 +116,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets SIGPIPE end the process, as it does for C programs (Rust ignores it).
+#[allow(unsafe_code)]
+fn restore_default_sigpipe() {
+    // SAFETY: resetting a signal's disposition to its default at startup, before any
+    // thread is spawned; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
