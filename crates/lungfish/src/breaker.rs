@@ -102,6 +102,22 @@ pub enum Outcome {
 }
 
 /// A circuit breaker.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use lungfish::breaker::{BreakerSettings, CircuitBreaker, Outcome};
+///
+/// let breaker = CircuitBreaker::new(BreakerSettings { min_calls: 4, ..BreakerSettings::default() });
+/// let now = Instant::now();
+/// for _ in 0..4 {
+///     breaker.try_call(now).unwrap();          // ask before each call (or batch)
+///     breaker.record(Outcome::Failure, Duration::from_millis(5), now);
+/// }
+/// let refused = breaker.try_call(now).unwrap_err(); // open: fail fast
+/// assert_eq!(refused.retry_in, Duration::from_secs(1));
+/// // After the open duration, a probe goes through.
+/// assert!(breaker.try_call(now + Duration::from_secs(1)).is_ok());
+/// ```
 #[derive(Debug)]
 pub struct CircuitBreaker {
     settings: BreakerSettings,

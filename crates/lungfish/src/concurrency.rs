@@ -72,6 +72,20 @@ pub enum CallOutcome {
 }
 
 /// An adaptive concurrency limit.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use lungfish::concurrency::{AdaptiveLimit, CallOutcome, LimitSettings};
+///
+/// let limit = AdaptiveLimit::new(LimitSettings { initial: 2, ..LimitSettings::default() });
+/// let now = Instant::now();
+/// let a = limit.try_acquire(now).unwrap();
+/// let b = limit.try_acquire(now).unwrap();
+/// assert!(limit.try_acquire(now).is_none(), "two in flight at most");
+/// limit.release(a, CallOutcome::Ok, now + Duration::from_millis(20));
+/// limit.release(b, CallOutcome::Failed, now + Duration::from_millis(20));
+/// assert!(limit.limit() >= 1);
+/// ```
 #[derive(Debug)]
 pub struct AdaptiveLimit {
     settings: LimitSettings,

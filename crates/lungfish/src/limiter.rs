@@ -74,6 +74,19 @@ impl TokenBucket {
 
 /// Token buckets per client key, at most `max_clients` of them. Thread-safe: one lock
 /// per call.
+///
+/// ```
+/// use std::time::Instant;
+/// use lungfish::limiter::KeyedLimiter;
+///
+/// // 100 events per second per client, bursts of 200, at most 10,000 clients.
+/// let limits = KeyedLimiter::new(100.0, 200, 10_000);
+/// let now = Instant::now();
+/// assert!(limits.try_take("client-a", 200, now).is_ok());
+/// let wait = limits.try_take("client-a", 50, now).unwrap_err(); // HTTP 429, Retry-After
+/// assert!(wait.as_millis() >= 490);
+/// assert!(limits.try_take("client-b", 50, now).is_ok()); // each client its own bucket
+/// ```
 #[derive(Debug)]
 pub struct KeyedLimiter {
     rate: f64,

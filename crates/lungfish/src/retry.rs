@@ -77,6 +77,19 @@ impl Default for BudgetSettings {
 const BUCKETS: usize = 10;
 
 /// A retry budget over a sliding window. Thread-safe; one lock per call.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use lungfish::retry::{BudgetSettings, RetryBudget};
+///
+/// // 10% of requests, no floor.
+/// let budget = RetryBudget::new(BudgetSettings { ratio: 0.1, min_per_second: 0.0,
+///                                                window: Duration::from_secs(10) });
+/// let now = Instant::now();
+/// budget.deposit(100, now);                 // 100 first attempts
+/// assert!(budget.try_withdraw(10, now));    // 10 retries: allowed
+/// assert!(!budget.try_withdraw(1, now));    // the 11th is not: it fails as a failure
+/// ```
 #[derive(Debug)]
 pub struct RetryBudget {
     settings: BudgetSettings,

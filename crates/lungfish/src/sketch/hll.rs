@@ -54,6 +54,17 @@ pub fn hash_f64(x: f64) -> u64 {
 /// logically: a sketch of `a ∪ b` built in one go equals the merge of the sketches of
 /// `a` and `b`, whatever the order of adds and merges.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// use lungfish::sketch::{Distinct, hash_f64};
+///
+/// let mut visitors = Distinct::new(12);
+/// for v in 0..100_000 {
+///     visitors.add_hash(hash_f64((v % 20_000) as f64));
+/// }
+/// let estimate = visitors.estimate();
+/// assert!((estimate - 20_000.0).abs() < 20_000.0 * 3.0 * visitors.standard_error());
+/// ```
 pub struct Distinct {
     p: u8,
     repr: Repr,

@@ -40,6 +40,17 @@ const MIN_INDEXABLE: f64 = f64::MIN_POSITIVE;
 /// `==` compares the logical state: a sketch built from `a ∪ b` in one go equals the
 /// merge of the sketches of `a` and `b`, whatever the order.
 #[derive(Debug, Clone)]
+///
+/// ```
+/// use lungfish::sketch::Quantiles;
+///
+/// let mut latencies = Quantiles::new(0.01);
+/// for ms in 1..=1000 {
+///     latencies.add(ms as f64);
+/// }
+/// let p99 = latencies.quantile(0.99).unwrap();
+/// assert!((p99 - 990.0).abs() <= 0.01 * 990.0, "{p99}");
+/// ```
 pub struct Quantiles {
     alpha: f64,
     max_bins: u32,
