@@ -141,3 +141,97 @@ fn log_commands_refuse_a_data_directory_in_use() {
         "a second pipeline on the same data directory is refused"
     );
 }
+
+/// Flips a bit 200 bytes before the end of partition 0's last segment.
+fn damage_the_tail_of_partition_0(log: &std::path::Path) {
+    let mut segments: Vec<_> = std::fs::read_dir(log.join("p0000"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let at = bytes.len() - 200;
+    bytes[at] ^= 0x20;
+    std::fs::write(last, &bytes).unwrap();
+}
+
+#[test]
+fn a_repaired_tail_is_refilled_by_a_generator_and_the_pipeline_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    pipeline(dir.path());
+    run_ok(dir.path(), "p.toml");
+    let before = read_table(&dir.path().join("out.db"));
+    damage_the_tail_of_partition_0(&dir.path().join("data/log"));
+    let out = run_cmd(dir.path(), &["log", "repair", "p.toml"]);
+    assert!(
+        out.contains("partition 0:") && out.contains("lost: offsets"),
+        "{out}"
+    );
+    // The generator resumes from the log's producer positions: it appends the cut
+    // records again, so the committed offsets are valid once more.
+    run_ok(dir.path(), "p.toml");
+    assert_eq!(read_table(&dir.path().join("out.db")), before);
+}
+
+#[test]
+fn a_repair_that_cuts_committed_http_events_stops_the_next_run_with_the_way_on() {
+    let mut server = common::http::Server::start("", "");
+    let body: Vec<String> = (0..2_000)
+        .map(|i| common::http::event(&format!("u{}", i % 37), common::http::T0 + i))
+        .collect();
+    let r = common::http::post(
+        server.port,
+        "c",
+        "application/x-ndjson",
+        body.join("\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.message());
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    server.stop(); // commits everything read
+    let dir = server.path().to_path_buf();
+    damage_the_tail_of_partition_0(&dir.join("data/log"));
+    let out = run_cmd(&dir, &["log", "repair", "p.toml"]);
+    assert!(out.contains("partition 0:"), "{out}");
+
+    // HTTP clients do not send their events again, and new ones would land below the
+    // committed offset: the run refuses to start.
+    let mut child = lungfish(&dir)
+        .args(["run", "--quiet", "p.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "the run must stop: {err}");
+    assert!(
+        err.contains("partition 0") && err.contains("the log now ends at"),
+        "names the partition and the new end: {err}"
+    );
+    assert!(
+        err.contains(
+            "lungfish log reset-offsets PIPELINE_FILE --consumer edge --partition 0 --to latest"
+        ),
+        "gives the way on: {err}"
+    );
+    // Doing what it says lets the pipeline run again.
+    run_cmd(
+        &dir,
+        &[
+            "log",
+            "reset-offsets",
+            "p.toml",
+            "--consumer",
+            "edge",
+            "--partition",
+            "0",
+            "--to",
+            "latest",
+        ],
+    );
+    server.restart();
+    server.stop();
+}

@@ -8,6 +8,9 @@ use crate::config::ConfigErrors;
 use crate::sinks::SinkError;
 use crate::sources::RunError;
 
+/// Why saved window state could not be loaded at start (see [`Error::State`]).
+pub use crate::state::StateError;
+
 /// Where a failure comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Domain {

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use lungfish_log::{Log, LogConfig, OffsetCommit};
+use lungfish_log::{Log, LogConfig, LogError, OffsetCommit};
 
 use crate::budget::ByteBudget;
 use crate::config::{MemoryPlan, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
@@ -284,6 +284,26 @@ impl Pipeline {
         );
         let shard_txs = shards.txs.clone();
 
+        // A log that lost records behind a committed offset (`lungfish log repair` cut a
+        // damaged tail): file and generator sources append them again (they resume from
+        // the log's producer positions), but events from HTTP clients are gone, and new
+        // ones would land below the committed offset, where the consumer never reads.
+        if cfg
+            .sources
+            .iter()
+            .any(|s| matches!(s.config, SourceConfig::Http(_)))
+        {
+            for (part, committed) in log.committed(&cfg.name)?.iter().enumerate() {
+                let end = log.end_offset(part as u32);
+                if let Some(c) = committed.as_ref().filter(|c| c.offset > end) {
+                    return Err(Error::Failed(format!(
+                        "partition {part}: pipeline {name:?} committed offset {at}, but the log now ends at {end} (records were cut, e.g. by `lungfish log repair`), and new events would land where it never reads; to go on from the end, run `lungfish log reset-offsets PIPELINE_FILE --consumer {name} --partition {part} --to latest`",
+                        name = cfg.name,
+                        at = c.offset,
+                    )));
+                }
+            }
+        }
         // Register the consumer before any data flows, so retention never deletes what
         // this pipeline has not read (it only respects consumers with offsets).
         let unregistered: Vec<OffsetCommit<'_>> = log
@@ -351,7 +371,19 @@ impl Pipeline {
                 while !done.load(Ordering::SeqCst) {
                     std::thread::sleep(COMMIT_INTERVAL.min(Duration::from_millis(100)));
                     if let Err(e) = committer.commit() {
-                        control.abort(format!("committing offsets: {e}"));
+                        // Records behind a committed offset were cut (`lungfish log
+                        // repair`) and no source appended them again: say the way on.
+                        let hint = match &e {
+                            LogError::OffsetPastEnd {
+                                consumer,
+                                partition,
+                                ..
+                            } => format!(
+                                "; the log lost records this pipeline had committed (e.g. cut by `lungfish log repair`): to go on from the end, run `lungfish log reset-offsets PIPELINE_FILE --consumer {consumer} --partition {partition} --to latest`"
+                            ),
+                            _ => String::new(),
+                        };
+                        control.abort(format!("committing offsets: {e}{hint}"));
                         return;
                     }
                     for part in 0..log.partitions() {

@@ -48,7 +48,7 @@ pub enum StateError {
     },
     /// A file is damaged or was written for other windows or aggregates.
     #[error(
-        "state file {path}: {reason}; to start over from the committed offset without this state, run `lungfish log reset-offsets`"
+        "state file {path}: {reason}; to start over without this state, run `lungfish log reset-offsets PIPELINE_FILE --consumer NAME --to earliest` (the windows are then rebuilt from the log)"
     )]
     Damaged {
         /// The file.
