@@ -12,7 +12,7 @@ partitions within --timeout seconds. Exits 1 if it does not in any round (as
 with tansu 0.6.0, whose group coordinator kept the dead leader as the leader of
 every later generation: see README.md beside this file).
 
-  check_group.py [--broker ~/.cargo/bin/tansu-lungfish-2] [--rounds N] [--timeout S]
+  check_group.py [--broker ~/.cargo/bin/tansu-lungfish-3] [--rounds N] [--timeout S]
                  [--kill follower]
 
 Rounds cycle through the kill delays 0, mid, 1, 2.5 and 4 s (0: right after the
@@ -220,7 +220,7 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--broker", default=os.path.expanduser("~/.cargo/bin/tansu-lungfish-2"))
+    ap.add_argument("--broker", default=os.path.expanduser("~/.cargo/bin/tansu-lungfish-3"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=20,
                     help="seconds the survivor has to own all partitions (default 20)")
