@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 RUNS="${BENCH_RUNS:-3}"
 EVENTS="${BENCH_EVENTS:-10000000}"
 SMALL=$((EVENTS / 10))
-BROKER_BIN="${TANSU:-$(command -v tansu-lungfish-2 || echo "$HOME/.cargo/bin/tansu-lungfish-2")}"
+BROKER_BIN="${TANSU:-$(command -v tansu-lungfish-3 || echo "$HOME/.cargo/bin/tansu-lungfish-3")}"
 [ -x "$BROKER_BIN" ] || { echo "no test broker at $BROKER_BIN: bash tools/test-broker/build.sh" >&2; exit 1; }
 
 [ "${BENCH_BUILD:-1}" = 0 ] || cargo build --release -q -p lungfish-cli

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Build tansu 0.6.0 with metadata.patch applied to tansu-broker and install it
-# as $CARGO_HOME/bin/tansu-lungfish-$PATCH_VERSION. Needs only crates.io access.
+# Build tansu 0.6.0 with metadata.patch and group.patch applied to tansu-broker
+# and fetch.patch to tansu-storage, and install it as
+# $CARGO_HOME/bin/tansu-lungfish-$PATCH_VERSION. Needs only crates.io access.
 # See README.md beside this file.
 #
 # Environment:
 #   LUNGFISH_TEST_BROKER_DIR  work dir (default ~/.cache/lungfish-test-broker)
 #   LUNGFISH_TEST_BROKER_FORCE=1  rebuild and reinstall even if installed
-#   LUNGFISH_TEST_BROKER_CHECK=0  skip running check_metadata.py afterwards
+#   LUNGFISH_TEST_BROKER_CHECK=0  skip running check_metadata.py and
+#                                 check_group.py afterwards
 set -euo pipefail
 
-PATCH_VERSION=2 # bump whenever a patch or this build changes
+PATCH_VERSION=3 # bump whenever a patch or this build changes
 TANSU_VERSION=0.6.0
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PATCH="$HERE/metadata.patch"
 FETCH_PATCH="$HERE/fetch.patch"
+GROUP_PATCH="$HERE/group.patch"
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 WORK="${LUNGFISH_TEST_BROKER_DIR:-$HOME/.cache/lungfish-test-broker}"
 BIN="$CARGO_HOME/bin/tansu-lungfish-$PATCH_VERSION"
@@ -72,8 +75,8 @@ EOF
 fi
 
 # 2. Extract them into $WORK/src (only when the patch changed, so that
-#    rebuilds stay incremental) and apply the patch to tansu-broker.
-STAMP="$(cat "$PATCH" "$FETCH_PATCH" "$HERE/build.sh" | sha256sum | cut -d' ' -f1)"
+#    rebuilds stay incremental) and apply the patches.
+STAMP="$(cat "$PATCH" "$GROUP_PATCH" "$FETCH_PATCH" "$HERE/build.sh" | sha256sum | cut -d' ' -f1)"
 SRC="$WORK/src"
 if [[ "$(cat "$SRC/.stamp" 2>/dev/null)" != "$STAMP" ]]; then
     log "extracting and patching sources in $SRC"
@@ -82,7 +85,7 @@ if [[ "$(cat "$SRC/.stamp" 2>/dev/null)" != "$STAMP" ]]; then
     tar -xzf "$(find_crate tansu)" -C "$SRC"
     tar -xzf "$(find_crate tansu-broker)" -C "$SRC"
     tar -xzf "$(find_crate tansu-storage)" -C "$SRC"
-    (cd "$SRC/tansu-broker-$TANSU_VERSION" && apply_patch "$PATCH")
+    (cd "$SRC/tansu-broker-$TANSU_VERSION" && apply_patch "$PATCH" && apply_patch "$GROUP_PATCH")
     (cd "$SRC/tansu-storage-$TANSU_VERSION" && apply_patch "$FETCH_PATCH")
 
     # The tansu crate itself is the wrapper: its src/bin/tansu.rs main, its
@@ -130,7 +133,9 @@ mv "$BIN.tmp" "$BIN"
 "$BIN" --help >/dev/null
 log "installed $BIN"
 
-# 4. Check that committed metadata round-trips.
+# 4. Check that committed metadata round-trips and that a group survives the
+#    death of its leader.
 if [[ "${LUNGFISH_TEST_BROKER_CHECK:-1}" != 0 ]]; then
     python3 "$HERE/check_metadata.py" --broker "$BIN"
+    python3 "$HERE/check_group.py" --broker "$BIN"
 fi

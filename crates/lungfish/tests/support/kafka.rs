@@ -1,7 +1,7 @@
 //! A throwaway Kafka-compatible broker for tests, and an independent client to check it.
 //!
 //! [`Broker::start`] runs [tansu](https://github.com/tansu-io/tansu), patched by
-//! `tools/test-broker` (`tansu-lungfish-2` in `PATH` or `~/.cargo/bin`, or the file
+//! `tools/test-broker` (`tansu-lungfish-3` in `PATH` or `~/.cargo/bin`, or the file
 //! `$TANSU` names; `.ci/run` builds it) on a free
 //! loopback port with in-memory storage, waits until it answers a Kafka request, and
 //! kills it on drop. The client side ([`produce`], [`consume`], [`consume_all`],
@@ -42,11 +42,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The patched tansu build of `tools/test-broker` (tansu 0.6.0 drops commit metadata
-/// and cannot fetch from inside a record batch; see its README): `$TANSU`, or
-/// `tansu-lungfish-2` in `PATH` or in `~/.cargo/bin`.
+/// The patched tansu build of `tools/test-broker` (tansu 0.6.0 drops commit metadata,
+/// cannot fetch from inside a record batch, and keeps a dead group leader; see its
+/// README): `$TANSU`, or `tansu-lungfish-3` in `PATH` or in `~/.cargo/bin`.
 fn tansu() -> PathBuf {
-    const NAME: &str = "tansu-lungfish-2";
+    const NAME: &str = "tansu-lungfish-3";
     if let Some(path) = std::env::var_os("TANSU") {
         return PathBuf::from(path);
     }
@@ -59,7 +59,7 @@ fn tansu() -> PathBuf {
         .map(|home| PathBuf::from(home).join(".cargo/bin").join(NAME))
         .filter(|p| p.is_file());
     in_path.or(in_cargo).expect(
-        "the test broker (tansu-lungfish-2) is not installed: `.ci/run` builds it with \
+        "the test broker (tansu-lungfish-3) is not installed: `.ci/run` builds it with \
          `bash tools/test-broker/build.sh`, or set TANSU to a broker's path",
     )
 }
