@@ -176,8 +176,8 @@ async fn main() {
     };
     let guard = Arc::new(CallGuard::new(settings).named("partner"));
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    // The longest a call may take: queue wait, then 3 attempts and 2 backoffs.
-    let bound = settings.queue_timeout + settings.timeout * 3 + settings.backoff_max * 2;
+    // The longest a call may take: 3 attempts, each with its queue wait, 2 backoffs.
+    let bound = settings.max_call_time();
 
     let healthy = phase(&guard, &client, &url, Duration::from_secs(2)).await;
     println!(

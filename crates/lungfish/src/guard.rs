@@ -19,8 +19,9 @@
 //!    storm. A permanent failure (bad input: the service is well) is returned at once
 //!    and does not count against the breaker.
 //!
-//! Every wait is bounded: a call takes at most
-//! `queue_timeout + max_attempts x (timeout + backoff max)`.
+//! Every wait is bounded: each attempt waits for its own permit, so a call takes at
+//! most `max_attempts x (queue_timeout + timeout) + (max_attempts - 1) x backoff_max`
+//! ([`GuardSettings::max_call_time`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -87,6 +88,16 @@ impl Default for GuardSettings {
             breaker: BreakerSettings::default(),
             limit: LimitSettings::default(),
         }
+    }
+}
+
+impl GuardSettings {
+    /// The longest a call can take: every attempt may wait `queue_timeout` for a
+    /// permit and `timeout` for its answer, with a backoff of at most `backoff_max`
+    /// between attempts.
+    pub fn max_call_time(&self) -> Duration {
+        let attempts = self.max_attempts.max(1);
+        (self.queue_timeout + self.timeout) * attempts + self.backoff_max * (attempts - 1)
     }
 }
 
@@ -225,7 +236,7 @@ impl CallGuard {
                 permit: Some(permit),
             };
             if let Err(open) = self.breaker.try_call(now()) {
-                permit.forget();
+                drop(permit); // never used: the limit learns nothing
                 return Err(GuardError::Open {
                     retry_in: open.retry_in,
                 });
@@ -326,8 +337,9 @@ impl CallGuard {
     }
 }
 
-/// A permit that goes back to the limit however the call ends (a dropped future
-/// included), and on to the longest waiter.
+/// A permit that goes back to the limit however the call ends, and on to the longest
+/// waiter: [`release`](Held::release) with the call's outcome, or dropped (the call
+/// was never made, or its future was dropped) without one.
 struct Held<'a> {
     guard: &'a CallGuard,
     permit: Option<Permit>,
@@ -337,13 +349,6 @@ impl Held<'_> {
     fn release(mut self, outcome: CallOutcome) {
         if let Some(permit) = self.permit.take() {
             self.guard.limit.release(permit, outcome, now());
-            self.guard.hand_over();
-        }
-    }
-
-    fn forget(mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.guard.limit.forget(permit);
             self.guard.hand_over();
         }
     }
@@ -437,6 +442,7 @@ mod tests {
     async fn a_slow_attempt_times_out_and_attempts_are_bounded() {
         let guard = CallGuard::new(settings());
         let tries = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
         let got: Result<(), GuardError<()>> = guard
             .call(|| {
                 tries.fetch_add(1, Ordering::Relaxed);
@@ -449,6 +455,7 @@ mod tests {
         assert_eq!(got, Err(GuardError::TimedOut { attempts: 3 }));
         assert_eq!(tries.load(Ordering::Relaxed), 3);
         assert_eq!(guard.in_flight(), 0);
+        assert!(started.elapsed() <= settings().max_call_time());
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,7 +63,6 @@ pub struct Late {
 pub struct KeyedWindows {
     windowing: Windowing,
     schema: Arc<RowSchema>,
-    number_fields: usize,
     /// Open windows by start time.
     open: BTreeMap<i64, WindowTable>,
     out_of_orderness: i64,
@@ -108,7 +107,6 @@ impl KeyedWindows {
         Ok(KeyedWindows {
             windowing: Windowing::new(&window),
             schema: Arc::new(RowSchema::new(aggregates, &fields)),
-            number_fields: fields.len(),
             open: BTreeMap::new(),
             out_of_orderness: i64::try_from(out_of_orderness.as_millis()).unwrap_or(i64::MAX),
             max_ts: i64::MIN,
@@ -128,7 +126,7 @@ impl KeyedWindows {
     pub fn push(&mut self, key: &str, ts: i64, numbers: &[f64]) -> Result<(), Late> {
         assert_eq!(
             numbers.len(),
-            self.number_fields,
+            self.schema.number_fields(),
             "one number per number field"
         );
         let watermark = self.watermark();
@@ -136,7 +134,8 @@ impl KeyedWindows {
             return Err(Late { ts, watermark });
         }
         let hash = crate::event::key_hash(key.as_bytes());
-        let (open, schema, fields) = (&mut self.open, &self.schema, self.number_fields);
+        let (open, schema) = (&mut self.open, &self.schema);
+        let fields = schema.number_fields();
         self.windowing.for_each_open(ts, watermark, |start| {
             open.entry(start)
                 .or_insert_with(|| WindowTable::new(fields))
